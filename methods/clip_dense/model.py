@@ -1,0 +1,113 @@
+"""Training-free dense CLIP segmentation in the style of MaskCLIP (Zhou et al., ECCV 2022).
+
+The image runs through CLIP's ViT unchanged except for the last block, whose attention is
+replaced by its value path (mode "maskclip" by default, see `LAST_BLOCK_MODES`); ln_post and
+proj then map every patch token into the joint space. The per-class scores are the cosine
+similarity between each L2-normalised patch embedding and prompt-ensembled text embeddings,
+optionally multiplied by a temperature (which leaves the argmax unchanged).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, LAST_BLOCK_MODES, ClipImageEncoder
+from methods.common.clip_loading import create_clip, create_tokenizer
+from methods.common.prompts import get_templates, validate_templates
+from methods.common.text import ClassEmbeddingCache, ClassNames, ClipTextEncoder, Tokenizer, encode_class_prompts
+
+
+class ClipDenseModel(nn.Module):
+    """Frozen CLIP producing per-class cosine maps on the patch grid.
+
+    Args:
+        clip: an open_clip CLIP model; its image and text towers are taken over.
+        tokenizer: prompt strings -> token ids for `clip`'s text tower.
+        templates: prompt templates, each with one ``{}``.
+        last_block: one of `LAST_BLOCK_MODES`.
+        temperature: multiplies the cosine scores.
+        pixel_mean, pixel_std: normalisation on the 0..255 scale.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Tokenizer,
+        templates: Sequence[str],
+        last_block: str = "maskclip",
+        temperature: float = 1.0,
+        pixel_mean: Sequence[float] = CLIP_PIXEL_MEAN,
+        pixel_std: Sequence[float] = CLIP_PIXEL_STD,
+    ) -> None:
+        super().__init__()
+        if last_block not in LAST_BLOCK_MODES:
+            raise ValueError(f"unknown last_block {last_block!r}; expected one of {', '.join(LAST_BLOCK_MODES)}")
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        self.image_encoder = ClipImageEncoder(clip.visual, pixel_mean, pixel_std)
+        self.text_encoder = ClipTextEncoder(clip)
+        self.tokenizer = tokenizer
+        self.templates = validate_templates(templates)
+        self.last_block = last_block
+        self.temperature = float(temperature)
+        # Training-free: nothing here is optimised, and a frozen text tower is what makes
+        # caching class embeddings per vocabulary valid.
+        self.requires_grad_(False)
+        self._text_cache = ClassEmbeddingCache()
+        # New weights (load_state_dict on this model or any parent) invalidate cached text.
+        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        return self.image_encoder.patch_size
+
+    def clear_text_cache(self) -> None:
+        self._text_cache.clear()
+
+    def class_embeddings(self, classes: ClassNames) -> Tensor:
+        """(T, D) L2-normalised class embeddings, encoded once per (vocabulary, templates)."""
+        if not classes:
+            raise ValueError("no classes given")
+        key = ClassEmbeddingCache.cache_key(classes, self.templates)
+
+        def compute() -> Tensor:
+            with torch.no_grad():
+                return encode_class_prompts(self.text_encoder, self.tokenizer, classes, self.templates)
+
+        return self._text_cache.get_or_compute(key, compute)
+
+    def dense_embeddings(self, images: Tensor) -> Tensor:
+        """(N,3,H,W) 0..255 -> (N, D, h, w) L2-normalised patch embeddings."""
+        features = self.image_encoder(images, last_block=self.last_block)
+        return F.normalize(features.dense.float(), dim=1)
+
+    def forward(self, images: Tensor, classes: ClassNames) -> Tensor:
+        """(N,3,H,W) 0..255 images, T classes (names + synonyms) -> (N, T, H/p, W/p) scores."""
+        patches = self.dense_embeddings(images)
+        text = self.class_embeddings(classes).to(device=patches.device, dtype=patches.dtype)
+        return torch.einsum("ndhw,td->nthw", patches, text) * self.temperature
+
+
+def _clear_text_cache_after_load(module: ClipDenseModel, incompatible_keys: Any) -> None:
+    # A module-level function rather than a lambda keeps the model picklable.
+    module.clear_text_cache()
+
+
+def build_clip_dense_model(
+    arch: str = "ViT-B-16",
+    clip_weights: str | None = "openai",
+    model_config: Mapping[str, Any] | None = None,
+    templates: str = "maskclip85",
+    last_block: str = "maskclip",
+    temperature: float = 1.0,
+    trusted: bool = False,
+) -> ClipDenseModel:
+    """Create the CLIP model (see `create_clip`) and wrap it as a `ClipDenseModel`."""
+    template_list = get_templates(templates)
+    clip = create_clip(arch, clip_weights, model_config, trusted=trusted)
+    tokenizer = create_tokenizer(arch, clip, model_config)
+    return ClipDenseModel(clip, tokenizer, template_list, last_block=last_block, temperature=temperature)

@@ -1,0 +1,142 @@
+"""CLIP text side: the text tower, prompt-ensembled class embeddings, and their cache.
+
+A class is given as a sequence of names: its name first, then any synonyms. Its embedding
+is the prompt ensemble over every (name, template) pair: encode each prompt, L2-normalise,
+average, L2-normalise again. Synonyms therefore count exactly like extra templates.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Hashable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+#: Turns a list of prompt strings into a (P, context_length) int tensor of token ids.
+Tokenizer = Callable[[list[str]], Tensor]
+
+#: Classes as the methods see them: one tuple of names (name, *synonyms) per class.
+ClassNames = Sequence[Sequence[str]]
+
+
+class ClipTextEncoder(nn.Module):
+    """The text tower of an open_clip model: token ids (P, L) -> embeddings (P, D), unnormalised.
+
+    It takes ownership of the text modules of `clip` (token embedding, transformer, final
+    norm, projection), so the image tower can be wrapped separately without registering any
+    parameter twice. Models whose text tower is a separate module (`CustomTextCLIP`,
+    ``clip.text``) are wrapped whole.
+    """
+
+    def __init__(self, clip: nn.Module) -> None:
+        super().__init__()
+        tower = getattr(clip, "text", None)
+        if isinstance(tower, nn.Module):
+            self.tower: nn.Module | None = tower
+            self.context_length = int(getattr(tower, "context_length", getattr(clip, "context_length", 77)))
+            return
+        self.tower = None
+        self.token_embedding = clip.token_embedding
+        self.positional_embedding = clip.positional_embedding
+        self.transformer = clip.transformer
+        self.ln_final = clip.ln_final
+        self.text_projection = clip.text_projection
+        self.register_buffer("attn_mask", clip.attn_mask, persistent=False)
+        self.pool_type = getattr(clip, "text_pool_type", "argmax")
+        self.eos_token_id = getattr(clip, "text_eos_id", None)
+        self.context_length = int(clip.context_length)
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        if self.tower is not None:
+            return self.tower(tokens)
+        from open_clip.transformer import text_global_pool
+
+        dtype = self.transformer.get_cast_dtype()
+        x = self.token_embedding(tokens).to(dtype) + self.positional_embedding.to(dtype)
+        x = self.transformer(x, attn_mask=self.attn_mask)
+        x = self.ln_final(x)
+        x = text_global_pool(x, tokens, self.pool_type, eos_token_id=self.eos_token_id)
+        if isinstance(self.text_projection, nn.Linear):
+            return self.text_projection(x)
+        if self.text_projection is not None:
+            return x @ self.text_projection
+        return x
+
+
+def class_prompts(classes: ClassNames, templates: Sequence[str]) -> tuple[list[str], Tensor]:
+    """Every (name, template) prompt of every class, and the class index of each prompt."""
+    prompts: list[str] = []
+    owners: list[int] = []
+    for class_index, names in enumerate(classes):
+        if isinstance(names, str) or not names:
+            raise ValueError(f"class {class_index}: expected a non-empty sequence of names, got {names!r}")
+        for name in names:
+            for template in templates:
+                prompts.append(template.format(name))
+                owners.append(class_index)
+    return prompts, torch.tensor(owners, dtype=torch.long)
+
+
+def encode_class_prompts(
+    encoder: nn.Module,
+    tokenizer: Tokenizer,
+    classes: ClassNames,
+    templates: Sequence[str],
+    batch_size: int = 1024,
+) -> Tensor:
+    """Prompt-ensembled, L2-normalised class embeddings (T, D).
+
+    Prompts are encoded in batches of `batch_size` so that a large vocabulary times a large
+    template set (e.g. 171 classes x 85 templates) does not need all activations at once.
+    Gradients flow when the caller has them enabled (methods that tune the text tower).
+    """
+    if not templates:
+        raise ValueError("no prompt templates given")
+    prompts, owners = class_prompts(classes, templates)
+    device = next(encoder.parameters()).device
+    per_prompt = []
+    for start in range(0, len(prompts), batch_size):
+        tokens = tokenizer(prompts[start : start + batch_size]).to(device)
+        per_prompt.append(F.normalize(encoder(tokens).float(), dim=-1))
+    embeddings = torch.cat(per_prompt)
+    owners = owners.to(device)
+    sums = torch.zeros(len(classes), embeddings.shape[-1], device=device).index_add_(0, owners, embeddings)
+    counts = torch.bincount(owners, minlength=len(classes)).clamp_min(1).unsqueeze(1)
+    return F.normalize(sums / counts, dim=-1)
+
+
+class ClassEmbeddingCache:
+    """A small least-recently-used store of class embeddings of a frozen text tower.
+
+    Keys must identify everything the embeddings depend on, for instance the tuple of
+    class-name tuples plus the template tuple (`cache_key`), so that two vocabularies never
+    share an entry. Clear it whenever the text tower's weights change.
+    """
+
+    def __init__(self, max_entries: int = 8) -> None:
+        if max_entries < 1:
+            raise ValueError(f"max_entries must be at least 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[Hashable, Tensor] = OrderedDict()
+
+    @staticmethod
+    def cache_key(classes: ClassNames, templates: Sequence[str]) -> tuple:
+        return tuple(tuple(names) for names in classes), tuple(templates)
+
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Tensor]) -> Tensor:
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            return self._entries[key]
+        value = compute().detach()
+        self._entries[key] = value
+        if len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)

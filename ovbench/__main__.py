@@ -1,0 +1,5 @@
+import sys
+
+from ovbench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,185 @@
+"""Typed configuration: YAML files under `configs/`, dotted `key=value` overrides, and
+dataclass construction that rejects unknown keys with a suggestion."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import types
+import typing
+from pathlib import Path
+from typing import Any, Iterable, TypeVar, Union
+
+import yaml
+
+from ovbench.errors import ConfigError
+
+T = TypeVar("T")
+
+
+def configs_dir() -> Path:
+    """The folder holding `methods/`, `datasets/`, `benchmarks/` YAML files.
+
+    `OVBENCH_CONFIGS` points elsewhere (a user's own config tree); by default it is the
+    `configs/` folder of the checkout ovbench was installed from (`pip install -e .`).
+    """
+    override = os.environ.get("OVBENCH_CONFIGS")
+    return Path(override) if override else Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        reason = str(exc).replace("\n", " ")
+        raise ConfigError(f"{path}: cannot parse YAML ({reason})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """A new dict: `update` laid over `base`, merging nested mappings key by key."""
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """`["model.width=64", "eval.batch_size=2"]` -> a nested dict; values parse as YAML
+    scalars or flow collections (`[640, 640]`, `null`, `true`)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"bad override {item!r}: expected dotted.key=value")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"bad override {item!r}: {part!r} is set as a value and a section")
+            node = child
+        node[parts[-1]] = value
+    return nested
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check `value` against the annotation `tp`, converting only where lossless (int -> float)."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(tp)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a section (mapping), got {value!r}")
+        return build_dataclass(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        item_type = args[0] if args else Any
+        items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if origin is list else tuple(items)
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def unknown_key_error(key: str, valid: Iterable[str], where: str = "") -> ConfigError:
+    valid = sorted(valid)
+    full = f"{where}.{key}" if where else key
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
+    if close:
+        hint = f"did you mean '{f'{where}.{close[0]}' if where else close[0]}'?"
+    else:
+        hint = f"valid keys: {', '.join(valid)}" if valid else "this section takes no keys"
+    return ConfigError(f"unknown config key '{full}' ({hint})")
+
+
+def build_dataclass(cls: type[T], data: dict[str, Any], where: str = "") -> T:
+    """Construct the dataclass `cls` from a mapping, checking keys and value types."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or cls.__name__}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in data.items():
+        if key not in fields:
+            raise unknown_key_error(str(key), fields, where)
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+    try:
+        instance = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where or cls.__name__}: {exc}") from None
+    return instance
+
+
+def to_plain(obj: Any) -> Any:
+    """Dataclasses -> dicts, tuples -> lists: the YAML/JSON form of a resolved config."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {str(k): to_plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def config_hash(obj: Any) -> str:
+    """A short, stable digest of a resolved config (key order does not matter)."""
+    canonical = json.dumps(to_plain(obj), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]

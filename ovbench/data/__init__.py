@@ -1,0 +1,1 @@
+"""Vocabularies, dataset specs and readers, and the embedded toyland benchmark."""

@@ -1,0 +1,93 @@
+"""Evaluate a segmenter on datasets: batched prediction, the confusion matrix, records."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from ovbench.data.base import SegmentationDataset
+from ovbench.errors import OvbenchError
+from ovbench.eval.metrics import ConfusionMatrix, SegmentationMetrics
+from ovbench.progress import ProgressReporter
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise OvbenchError(f"unknown device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise OvbenchError(f"device {device} requested but CUDA is not available on this machine")
+    return resolved
+
+
+def iter_batches(dataset: SegmentationDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images (B,3,H,W) float 0..255, masks (B,H,W) int64); a batch only holds images of one
+    size, so datasets with mixed sizes are batched as far as their order allows."""
+    if batch_size < 1:
+        raise OvbenchError(f"batch size must be at least 1, got {batch_size}")
+    images: list[np.ndarray] = []
+    masks: list[np.ndarray] = []
+
+    def flush():
+        batch_images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+        batch_masks = torch.from_numpy(np.stack(masks))
+        images.clear()
+        masks.clear()
+        return batch_images, batch_masks
+
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        if images and (sample["image"].shape != images[0].shape or len(images) == batch_size):
+            yield flush()
+        images.append(sample["image"])
+        masks.append(sample["mask"])
+    if images:
+        yield flush()
+
+
+@dataclass
+class DatasetResult:
+    dataset: str
+    metrics: SegmentationMetrics
+    num_images: int
+    wall_time_s: float
+
+
+def evaluate_dataset(
+    segmenter,
+    dataset: SegmentationDataset,
+    *,
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    progress: ProgressReporter | None = None,
+) -> DatasetResult:
+    """Predict every image with the dataset's own vocabulary and score it."""
+    start = time.perf_counter()
+    vocabulary = dataset.vocabulary
+    confusion = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index, device=device)
+    segmenter.eval()
+    task = progress.add_task(f"eval {dataset.name}", total=len(dataset)) if progress else None
+    done = 0
+    for images, masks in iter_batches(dataset, batch_size):
+        images = images.to(device)
+        scores = segmenter.predict(images, vocabulary)
+        expected = (images.shape[0], len(vocabulary), images.shape[2], images.shape[3])
+        if tuple(scores.shape) != expected:
+            raise OvbenchError(
+                f"{segmenter.method_name}: predict returned scores of shape {tuple(scores.shape)}, expected {expected}"
+            )
+        confusion.update(scores.argmax(dim=1), masks.to(device))
+        done += images.shape[0]
+        if progress:
+            progress.advance(task, images.shape[0])
+    if progress:
+        progress.finish(task)
+    metrics = confusion.compute(dataset.class_names)
+    return DatasetResult(dataset.name, metrics, done, time.perf_counter() - start)

@@ -1,0 +1,428 @@
+"""Inference modes: how a method's raw per-view forward becomes per-class scores at input size.
+
+A method exposes one thing to evaluation, a `Forward`: a batch of RGB views in 0..255 in,
+per-class logits at whatever resolution the model likes out. An `InferenceMode` decides which
+views to show it (the whole image stretched to a fixed size, or overlapping tiles plus a
+global view), turns the logits into scores and brings them back to the input resolution.
+Which mode a method uses, and with which sizes, is data in its YAML (`InferenceConfig`).
+
+Two recipes matter for the paper's tables:
+
+* `WholeImage`: optionally resize the short side (detectron2's test mapper), stretch to a
+  fixed size, forward, upsample, activate, resize to H x W (SED: 768^2 and sigmoid).
+* `SlidingWindow`: the CAT-Seg / GSNet evaluation (datasets.md section 6): stretch to
+  640 x 640, cut 384^2 tiles at stride 256 plus a 384^2 global view, run every view of every
+  image in one batched forward, upsample each to 384, sigmoid, average overlapping tiles,
+  blend 50/50 with the global view upsampled to 640, resize to H x W.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ovbench.errors import ConfigError, OvbenchError
+
+__all__ = [
+    "ACTIVATIONS",
+    "MODES",
+    "Forward",
+    "InferenceConfig",
+    "InferenceMode",
+    "SlidingWindow",
+    "WholeImage",
+    "build_inference",
+    "shortest_edge_size",
+    "tile_offsets",
+    "tile_starts",
+]
+
+#: (N,3,h,w) float RGB in 0..255 -> (N,T,h',w') logits at any resolution h',w'.
+Forward = Callable[[Tensor], Tensor]
+
+#: Names accepted by `InferenceConfig.mode`.
+MODES = ("whole", "sliding")
+#: Names accepted by `InferenceConfig.activation`; applied per view, before any averaging.
+ACTIVATIONS = ("none", "sigmoid", "softmax")
+
+Size = tuple[int, int]
+
+
+@runtime_checkable
+class InferenceMode(Protocol):
+    """Turns a per-view forward into scores at the input resolution."""
+
+    def __call__(self, forward: Forward, images: Tensor) -> Tensor:
+        """(B,3,H,W) float RGB in 0..255 -> (B,T,H,W) scores."""
+        ...
+
+
+@dataclass
+class InferenceConfig:
+    """The inference section of a method's YAML.
+
+    Fields that a mode does not use are ignored by it (a whole-image config may keep the
+    sliding-window defaults). `size` may be None: the whole-image mode then runs at the
+    (short-side resized) input size, and the sliding window tiles that size directly.
+    """
+
+    mode: str = "whole"
+    #: whole: the (h, w) the image is stretched to; sliding: the stretch before tiling.
+    size: list[int] | None = field(default_factory=lambda: [640, 640])
+    #: sliding: side of the square tiles.
+    window: int = 384
+    #: sliding: step between tile origins; int(384 * 0.667) = 256 in CAT-Seg/GSNet.
+    stride: int = 256
+    #: sliding: side of the extra whole-image view; None leaves it out.
+    global_view: int | None = 384
+    #: sliding: weight of the global view in (1 - w) * tiles + w * global.
+    global_weight: float = 0.5
+    #: "none" | "sigmoid" | "softmax", applied to each view's upsampled logits.
+    activation: str = "none"
+    #: detectron2 test mapper: resize the short side to this before anything else.
+    short_side: int | None = None
+    #: cap on the long side for the short-side resize (ignored without short_side).
+    max_size: int | None = None
+
+    @classmethod
+    def catseg_sliding(cls) -> InferenceConfig:
+        """The official CAT-Seg / GSNet evaluation (eval.sh, datasets.md section 6)."""
+        return cls(
+            mode="sliding",
+            size=[640, 640],
+            window=384,
+            stride=256,
+            global_view=384,
+            global_weight=0.5,
+            activation="sigmoid",
+            short_side=640,
+            max_size=2560,
+        )
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+def tile_starts(length: int, window: int, stride: int) -> list[int]:
+    """Origins of the tiles along one axis so that every index in [0, length) is covered.
+
+    Starts run 0, stride, 2*stride, ... while a tile still fits; if the last one stops short
+    of the edge, one more tile flush with the edge is added. When (length - window) is a
+    multiple of stride this is exactly torch.nn.Unfold's grid (640/384/256 -> [0, 256]);
+    otherwise Unfold would silently drop the border, which the flush tile keeps.
+    """
+    _require_positive_int(length, "size")
+    _require_positive_int(window, "window")
+    _require_positive_int(stride, "stride")
+    if window > length:
+        raise ConfigError(f"window {window} is larger than the image side {length} it should tile")
+    if stride > window:
+        raise ConfigError(f"stride {stride} is larger than window {window}: tiles would leave gaps")
+    last = length - window
+    starts = list(range(0, last + 1, stride))
+    if starts[-1] != last:
+        starts.append(last)
+    return starts
+
+
+def tile_offsets(height: int, width: int, window: int, stride: int) -> list[Size]:
+    """(top, left) of every tile over a height x width canvas, row-major like nn.Unfold."""
+    return [
+        (top, left)
+        for top in tile_starts(height, window, stride)
+        for left in tile_starts(width, window, stride)
+    ]
+
+
+def shortest_edge_size(height: int, width: int, short_side: int, max_size: int | None = None) -> Size:
+    """Output (h, w) of detectron2's ResizeShortestEdge for one fixed short side.
+
+    The short side becomes `short_side`, the aspect ratio is kept, and if the long side would
+    exceed `max_size` both are scaled down so that it equals it; sides are rounded half up.
+    """
+    scale = short_side / min(height, width)
+    new_h, new_w = height * scale, width * scale
+    if max_size is not None and max(new_h, new_w) > max_size:
+        shrink = max_size / max(new_h, new_w)
+        new_h, new_w = new_h * shrink, new_w * shrink
+    return int(new_h + 0.5), int(new_w + 0.5)
+
+
+# --------------------------------------------------------------------------- modes
+
+
+class WholeImage:
+    """One view per image: the image stretched to `size` (aspect ignored).
+
+    Steps: optional short-side resize, bilinear stretch to `size`, forward, bilinear upsample
+    of the logits to `size`, activation, bilinear resize to the original H x W. With `size`
+    None the forward sees the (short-side resized) image as it is.
+    """
+
+    def __init__(
+        self,
+        size: Sequence[int] | int | None = (640, 640),
+        activation: str = "none",
+        short_side: int | None = None,
+        max_size: int | None = None,
+    ):
+        self.size: Size | None = None if size is None else _parse_size(size)
+        self.activation = _parse_activation(activation)
+        self.short_side, self.max_size = _parse_short_side(short_side, max_size)
+
+    def __call__(self, forward: Forward, images: Tensor) -> Tensor:
+        """(B,3,H,W) float RGB in 0..255 -> (B,T,H,W) scores."""
+        images = _check_images(images)
+        height, width = images.shape[-2:]
+        prepared = _resize_short_side(images, self.short_side, self.max_size)
+        view_size = self.size or _spatial(prepared)
+        logits = _call_forward(forward, _resize(prepared, view_size), "whole-image views")
+        scores = _activate(_resize(logits, view_size), self.activation)
+        return _resize(scores, (height, width))
+
+    def __repr__(self) -> str:
+        return (
+            f"WholeImage(size={self.size}, activation={self.activation!r}, "
+            f"short_side={self.short_side}, max_size={self.max_size})"
+        )
+
+
+class SlidingWindow:
+    """Overlapping square tiles plus an optional global view, the CAT-Seg / GSNet recipe.
+
+    Steps: optional short-side resize; bilinear stretch to `size` (aspect ignored); tiles of
+    `window` at `stride` (see `tile_starts`); a global view, the short-side resized image
+    stretched to `global_view`; every view of every image in one forward call (views of one
+    image are consecutive, tiles row-major then the global view); each view's logits
+    upsampled to its own side and activated; tiles folded back by summing and dividing by
+    how many tiles cover each pixel; the global scores upsampled to `size` and blended as
+    (1 - global_weight) * tiles + global_weight * global; bilinear resize to H x W.
+
+    If `global_view` differs from `window`, the views have two shapes and the forward is
+    called twice (tiles, then global views).
+    """
+
+    def __init__(
+        self,
+        size: Sequence[int] | int | None = (640, 640),
+        window: int = 384,
+        stride: int = 256,
+        global_view: int | None = 384,
+        global_weight: float = 0.5,
+        activation: str = "sigmoid",
+        short_side: int | None = None,
+        max_size: int | None = None,
+    ):
+        self.size: Size | None = None if size is None else _parse_size(size)
+        self.window = _require_positive_int(window, "window")
+        self.stride = _require_positive_int(stride, "stride")
+        if self.stride > self.window:
+            raise ConfigError(f"stride {stride} is larger than window {window}: tiles would leave gaps")
+        self.global_view = None if global_view is None else _require_positive_int(global_view, "global_view")
+        self.global_weight = _parse_weight(global_weight)
+        self.activation = _parse_activation(activation)
+        self.short_side, self.max_size = _parse_short_side(short_side, max_size)
+        if self.size is not None:
+            # A fixed canvas can be checked now instead of on the first image.
+            self._check_canvas(self.size)
+
+    def __call__(self, forward: Forward, images: Tensor) -> Tensor:
+        """(B,3,H,W) float RGB in 0..255 -> (B,T,H,W) scores."""
+        images = _check_images(images)
+        batch = images.shape[0]
+        height, width = images.shape[-2:]
+        prepared = _resize_short_side(images, self.short_side, self.max_size)
+        canvas_size = self.size or _spatial(prepared)
+        self._check_canvas(canvas_size)
+        canvas = _resize(prepared, canvas_size)
+
+        window = self.window
+        offsets = tile_offsets(*canvas_size, window, self.stride)
+        num_tiles = len(offsets)
+        tiles = torch.stack([canvas[:, :, top : top + window, left : left + window] for top, left in offsets], dim=1)
+        del canvas
+
+        global_scores: Tensor | None = None
+        if self.global_view is None:
+            tile_scores = self._view_scores(forward, tiles.flatten(0, 1), window, "tile")
+            tile_scores = tile_scores.unflatten(0, (batch, num_tiles))
+        else:
+            # Official code builds the global view from the mapper output, not the stretched canvas.
+            global_image = _resize(prepared, (self.global_view, self.global_view))
+            if self.global_view == window:
+                views = torch.cat([tiles, global_image.unsqueeze(1)], dim=1).flatten(0, 1)
+                scores = self._view_scores(forward, views, window, "tile and global")
+                scores = scores.unflatten(0, (batch, num_tiles + 1))
+                # Clone the small global slice so the big buffer is freed once the tiles are folded.
+                tile_scores, global_scores = scores[:, :num_tiles], scores[:, num_tiles].clone()
+                del scores
+            else:
+                tile_scores = self._view_scores(forward, tiles.flatten(0, 1), window, "tile")
+                tile_scores = tile_scores.unflatten(0, (batch, num_tiles))
+                global_scores = self._view_scores(forward, global_image, self.global_view, "global")
+                if global_scores.shape[1] != tile_scores.shape[2]:
+                    raise RuntimeError(
+                        f"forward returned {tile_scores.shape[2]} classes for tiles but "
+                        f"{global_scores.shape[1]} for the global views"
+                    )
+        del tiles
+
+        blended = self._fold(tile_scores, offsets, canvas_size)
+        del tile_scores
+        if global_scores is not None:
+            blended.mul_(1.0 - self.global_weight)
+            blended.add_(_resize(global_scores, canvas_size), alpha=self.global_weight)
+        return _resize(blended, (height, width))
+
+    def _view_scores(self, forward: Forward, views: Tensor, side: int, what: str) -> Tensor:
+        logits = _call_forward(forward, views, f"{what} views")
+        return _activate(_resize(logits, (side, side)), self.activation)
+
+    def _fold(self, tile_scores: Tensor, offsets: list[Size], canvas_size: Size) -> Tensor:
+        """Overlap-average (B,L,T,w,w) tiles onto a (B,T,h,w) canvas.
+
+        Summing tile by tile into one canvas keeps memory at one canvas, where nn.Fold would
+        need the (B, T*w*w, L) column matrix of all classes as well.
+        """
+        batch, _, classes = tile_scores.shape[:3]
+        window = self.window
+        summed = tile_scores.new_zeros((batch, classes, *canvas_size))
+        coverage = tile_scores.new_zeros(canvas_size)
+        for index, (top, left) in enumerate(offsets):
+            summed[:, :, top : top + window, left : left + window] += tile_scores[:, index]
+            coverage[top : top + window, left : left + window] += 1
+        return summed.div_(coverage)
+
+    def _check_canvas(self, canvas_size: Size) -> None:
+        if min(canvas_size) < self.window:
+            raise ConfigError(
+                f"sliding window: the image resized to {canvas_size[0]}x{canvas_size[1]} is smaller than "
+                f"window {self.window}; raise size or lower window"
+            )
+
+    def __repr__(self) -> str:
+        return (
+            f"SlidingWindow(size={self.size}, window={self.window}, stride={self.stride}, "
+            f"global_view={self.global_view}, global_weight={self.global_weight}, "
+            f"activation={self.activation!r}, short_side={self.short_side}, max_size={self.max_size})"
+        )
+
+
+def build_inference(config: InferenceConfig) -> InferenceMode:
+    """The inference mode a config describes; bad values raise ConfigError naming the field."""
+    if not isinstance(config, InferenceConfig):
+        raise ConfigError(f"inference config must be an InferenceConfig, got {type(config).__name__}")
+    if config.mode == "whole":
+        return WholeImage(
+            size=config.size,
+            activation=config.activation,
+            short_side=config.short_side,
+            max_size=config.max_size,
+        )
+    if config.mode == "sliding":
+        return SlidingWindow(
+            size=config.size,
+            window=config.window,
+            stride=config.stride,
+            global_view=config.global_view,
+            global_weight=config.global_weight,
+            activation=config.activation,
+            short_side=config.short_side,
+            max_size=config.max_size,
+        )
+    raise ConfigError(f"inference mode must be one of {', '.join(MODES)}; got {config.mode!r}")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require_positive_int(value: object, name: str) -> int:
+    # bool is an int subclass; `window: true` in YAML is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"inference {name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _parse_size(size: Sequence[int] | int) -> Size:
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size, size)
+    if isinstance(size, (str, bytes)) or not isinstance(size, Sequence) or len(size) != 2:
+        raise ConfigError(f"inference size must be [height, width] (or one int), got {size!r}")
+    return _require_positive_int(size[0], "size"), _require_positive_int(size[1], "size")
+
+
+def _parse_activation(activation: str) -> str:
+    if activation not in ACTIVATIONS:
+        raise ConfigError(f"inference activation must be one of {', '.join(ACTIVATIONS)}; got {activation!r}")
+    return activation
+
+
+def _parse_weight(weight: float) -> float:
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0.0 <= weight <= 1.0:
+        raise ConfigError(f"inference global_weight must be a number in [0, 1], got {weight!r}")
+    return float(weight)
+
+
+def _parse_short_side(short_side: int | None, max_size: int | None) -> tuple[int | None, int | None]:
+    if short_side is None:
+        # max_size only caps a short-side resize; a config that switches that off may keep it.
+        return None, None
+    short_side = _require_positive_int(short_side, "short_side")
+    if max_size is not None:
+        max_size = _require_positive_int(max_size, "max_size")
+    return short_side, max_size
+
+
+def _check_images(images: Tensor) -> Tensor:
+    if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise OvbenchError(f"inference expects images of shape (B,3,H,W), got {shape}")
+    if images.shape[0] == 0 or images.shape[2] == 0 or images.shape[3] == 0:
+        raise OvbenchError(f"inference got an empty image batch of shape {tuple(images.shape)}")
+    # Bilinear resampling is only defined for floating tensors (uint8 images are common input).
+    return images if images.is_floating_point() else images.float()
+
+
+def _spatial(tensor: Tensor) -> Size:
+    return int(tensor.shape[-2]), int(tensor.shape[-1])
+
+
+def _resize(tensor: Tensor, size: Size, antialias: bool = False) -> Tensor:
+    """Bilinear, align_corners False; a no-op (not a copy) when the size already matches."""
+    if _spatial(tensor) == tuple(size):
+        return tensor
+    return F.interpolate(tensor, size=tuple(size), mode="bilinear", align_corners=False, antialias=antialias)
+
+
+def _resize_short_side(images: Tensor, short_side: int | None, max_size: int | None) -> Tensor:
+    if short_side is None:
+        return images
+    target = shortest_edge_size(*_spatial(images), short_side, max_size)
+    # detectron2 resizes with PIL, which low-pass filters when shrinking; antialias mimics that.
+    return _resize(images, target, antialias=True)
+
+
+def _call_forward(forward: Forward, views: Tensor, what: str) -> Tensor:
+    logits = forward(views)
+    # A wrong shape here is a bug in the method's adapter, not a user error: keep the traceback.
+    if not isinstance(logits, Tensor) or logits.ndim != 4 or logits.shape[0] != views.shape[0]:
+        got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise RuntimeError(
+            f"forward on {views.shape[0]} {what} must return (N,T,h,w) logits with N={views.shape[0]}, got {got}"
+        )
+    # Scores are averaged and blended; do that in float32 even if the model ran in half precision.
+    return logits.float()
+
+
+def _activate(logits: Tensor, activation: str) -> Tensor:
+    if activation == "sigmoid":
+        return logits.sigmoid()
+    if activation == "softmax":
+        return logits.softmax(dim=1)
+    return logits
+

@@ -1,0 +1,93 @@
+"""The uniform interface every method is reached through."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from ovbench.data.vocabulary import Vocabulary
+from ovbench.errors import CheckpointError, OvbenchError
+
+if TYPE_CHECKING:
+    from ovbench.eval.inference import InferenceMode
+
+__all__ = ["OpenVocabSegmenter", "Vocabulary", "load_torch_file"]
+
+
+def load_torch_file(path: str | Path, trusted: bool = False) -> Any:
+    """torch.load with weights_only=True unless the user vouches for the file.
+
+    A pickle can run arbitrary code, so untrusted files only load tensors and plain
+    containers; a file that needs more fails with one line telling how to opt out.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trusted)
+    except Exception as exc:  # torch raises several unrelated types for bad files
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        hint = "" if trusted else " (if you trust this file, pass --trust-checkpoint to load it without weights_only)"
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}{hint}") from None
+
+
+class OpenVocabSegmenter(nn.Module, ABC):
+    """One method behind one contract.
+
+    Subclasses implement `forward_logits`, the model's raw per-class logits for a batch of
+    views at the model's input size; `predict` composes it with the inference mode the
+    method's YAML chose (whole image or sliding window), so every method returns scores at
+    the input resolution. `forward` computes the training loss so that DistributedDataParallel
+    (which only synchronises through `forward`) can wrap a segmenter directly.
+    """
+
+    #: registry name of the method, e.g. "clip-dense"
+    method_name: str = ""
+
+    def __init__(self, inference: "InferenceMode | None" = None):
+        super().__init__()
+        self.inference = inference
+
+    @abstractmethod
+    def forward_logits(self, images: Tensor, vocabulary: Vocabulary) -> Tensor:
+        """(N,3,h,w) float RGB in 0..255 -> (N,T,h',w') logits, any output resolution."""
+
+    @torch.no_grad()
+    def predict(self, images: Tensor, vocabulary: Vocabulary) -> Tensor:
+        """(B,3,H,W) float RGB in 0..255 -> (B,T,H,W) scores; argmax is the label map."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise OvbenchError(f"predict expects images of shape (B,3,H,W), got {tuple(images.shape)}")
+        if self.inference is None:
+            raise OvbenchError(f"{self.method_name or type(self).__name__}: no inference mode configured")
+        return self.inference(lambda views: self.forward_logits(views, vocabulary), images)
+
+    def loss(self, images: Tensor, targets: Tensor, vocabulary: Vocabulary) -> dict[str, Tensor]:
+        """Training losses; training-free methods do not implement it."""
+        raise OvbenchError(f"{self.method_name or type(self).__name__} is training-free and has no loss")
+
+    def forward(self, images: Tensor, targets: Tensor, vocabulary: Vocabulary) -> dict[str, Tensor]:
+        return self.loss(images, targets, vocabulary)
+
+    def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser groups; the default trains every parameter that requires grad at base_lr."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": base_lr, "weight_decay": weight_decay}] if params else []
+
+    def load_checkpoint(self, path: str | Path, trusted: bool = False) -> None:
+        """Load an ovbench checkpoint ({"model": state_dict, ...}); adapters extend this
+        to convert their authors' official layouts."""
+        payload = load_torch_file(path, trusted=trusted)
+        state = payload.get("model", payload) if isinstance(payload, dict) else None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: not a state dict or a {{'model': state_dict}} checkpoint")
+        result = self.load_state_dict(state, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise CheckpointError(
+                f"{path}: does not fit {self.method_name}: {len(result.missing_keys)} missing keys "
+                f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
+                f"(e.g. {result.unexpected_keys[:3]})"
+            )

@@ -1,0 +1,253 @@
+"""Names -> things: methods (adapters + their YAML), datasets and benchmarks.
+
+Built-in adapters are listed here; third-party packages add methods through the
+`ovbench.adapters` entry-point group (name = method name, value = an OpenVocabSegmenter
+subclass), so a new method needs no edit of ovbench.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any, Iterable
+
+from ovbench.config import build_dataclass, configs_dir, deep_merge, load_yaml, to_plain
+from ovbench.errors import ConfigError, DataError, OvbenchError, RegistryError
+from ovbench.eval.inference import InferenceConfig, build_inference
+
+ENTRY_POINT_GROUP = "ovbench.adapters"
+
+#: adapter name -> "module:Class"; imported only when used, so listing methods stays fast
+BUILTIN_ADAPTERS: dict[str, str] = {
+    "clip-dense": "adapters.clip_dense:ClipDenseSegmenter",
+}
+
+
+def _unknown(kind: str, name: str, available: Iterable[str]) -> RegistryError:
+    available = sorted(available)
+    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return RegistryError(f"unknown {kind} '{name}'{hint}; available: {', '.join(available) or 'none'}")
+
+
+# --------------------------------------------------------------------------- adapters
+
+
+def _entry_point_adapters() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def adapter_names() -> list[str]:
+    return sorted(set(BUILTIN_ADAPTERS) | set(_entry_point_adapters()))
+
+
+def adapter_class(name: str) -> type:
+    from ovbench.interface import OpenVocabSegmenter
+
+    if name in BUILTIN_ADAPTERS:
+        module_name, _, attr = BUILTIN_ADAPTERS[name].partition(":")
+        cls = getattr(importlib.import_module(module_name), attr)
+    else:
+        plugins = _entry_point_adapters()
+        if name not in plugins:
+            raise _unknown("adapter", name, adapter_names())
+        try:
+            cls = plugins[name].load()
+        except Exception as exc:  # a broken plugin must not take the CLI down with a traceback
+            raise RegistryError(f"adapter '{name}' from entry point {plugins[name].value} failed to load: {exc}") from None
+    if not (isinstance(cls, type) and issubclass(cls, OpenVocabSegmenter)):
+        raise RegistryError(f"adapter '{name}' is not an OpenVocabSegmenter subclass: {cls!r}")
+    return cls
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@dataclass
+class EvalSettings:
+    batch_size: int = 1
+
+
+@dataclass
+class MethodConfig:
+    """A method's YAML: which adapter, its model settings, how it is evaluated."""
+
+    adapter: str
+    model: dict[str, Any] = field(default_factory=dict)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    description: str = ""
+    #: named overlays (e.g. `tiny` for toyland and tests) applied on request
+    scales: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ResolvedMethod:
+    name: str
+    scale: str | None
+    config: MethodConfig
+    model_config: Any  # the adapter's own typed config
+
+    def as_dict(self) -> dict[str, Any]:
+        plain = to_plain(self.config)
+        plain.pop("scales", None)
+        plain["model"] = to_plain(self.model_config)
+        return {"method": self.name, "scale": self.scale, **plain}
+
+
+def _method_files() -> dict[str, Path]:
+    root = configs_dir() / "methods"
+    if not root.is_dir():
+        return {}
+    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+
+
+def method_names() -> list[str]:
+    return sorted(set(_method_files()) | set(_entry_point_adapters()))
+
+
+def _raw_method_config(name: str) -> dict[str, Any]:
+    files = _method_files()
+    if name in files:
+        return load_yaml(files[name])
+    if name in _entry_point_adapters():
+        cls = adapter_class(name)
+        return deep_merge({"adapter": name}, dict(getattr(cls, "default_method_config", {}) or {}))
+    raise _unknown("method", name, method_names())
+
+
+def method_scales(name: str) -> list[str]:
+    return list((_raw_method_config(name).get("scales") or {}).keys())
+
+
+def resolve_method(name: str, scale: str | None = None, overrides: dict[str, Any] | None = None) -> ResolvedMethod:
+    """YAML + scale overlay + command-line overrides -> typed, validated configs."""
+    raw = _raw_method_config(name)
+    scales = raw.get("scales") or {}
+    if scale is not None:
+        if scale not in scales:
+            raise ConfigError(f"method {name} has no '{scale}' scale; available: {', '.join(scales) or 'none'}")
+        raw = deep_merge(raw, scales[scale])
+    if overrides:
+        if "scales" in overrides:
+            raise ConfigError("scales cannot be overridden; choose one with --scale")
+        raw = deep_merge(raw, overrides)
+    config = build_dataclass(MethodConfig, raw)
+    cls = adapter_class(config.adapter)
+    config_class = getattr(cls, "config_class", None)
+    if config_class is None:
+        if config.model:
+            raise ConfigError(f"adapter {config.adapter} takes no model settings, got {sorted(config.model)}")
+        model_config = None
+    else:
+        model_config = build_dataclass(config_class, config.model, "model")
+    return ResolvedMethod(name, scale, config, model_config)
+
+
+def build_segmenter(resolved: ResolvedMethod, trust_checkpoints: bool = False):
+    """Instantiate the adapter for a resolved method."""
+    cls = adapter_class(resolved.config.adapter)
+    inference = build_inference(resolved.config.inference)
+    kwargs: dict[str, Any] = {"inference": inference}
+    if resolved.model_config is not None:
+        kwargs["config"] = resolved.model_config
+    if "trust_checkpoints" in inspect.signature(cls).parameters:
+        kwargs["trust_checkpoints"] = trust_checkpoints
+    try:
+        return cls(**kwargs)
+    except OvbenchError:
+        raise
+    except (ValueError, RuntimeError, OSError) as exc:
+        # methods/ cannot raise ovbench errors; their plain errors about weights and shapes are user-facing
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OvbenchError(f"cannot build {resolved.name}: {message}") from None
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _dataset_files() -> dict[str, Path]:
+    root = configs_dir() / "datasets"
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))} if root.is_dir() else {}
+
+
+def _toyland_splits() -> tuple[str, ...]:
+    from ovbench.data.toyland import TOYLAND_SPLITS
+
+    return tuple(TOYLAND_SPLITS)
+
+
+def dataset_names() -> list[str]:
+    return sorted(set(_toyland_splits()) | set(_dataset_files()))
+
+
+def resolve_data_root(data_root: str | Path | None) -> Path | None:
+    if data_root is not None:
+        return Path(data_root)
+    env = os.environ.get("OVBENCH_DATA")
+    return Path(env) if env else None
+
+
+def build_dataset(name: str, data_root: str | Path | None = None):
+    """A dataset by registered name, or by the path of a dataset spec YAML."""
+    if name in _toyland_splits():
+        from ovbench.data.toyland import ToylandDataset
+
+        return ToylandDataset(name)
+    from ovbench.data.folder import FolderDataset, FolderDatasetSpec
+
+    files = _dataset_files()
+    if name in files:
+        path = files[name]
+    elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        path = Path(name)
+    else:
+        raise _unknown("dataset", name, dataset_names())
+    raw = load_yaml(path)
+    raw.setdefault("name", path.stem)
+    spec = build_dataclass(FolderDatasetSpec, raw, f"dataset {path.stem}")
+    root = resolve_data_root(data_root)
+    if root is None:
+        raise DataError(f"dataset {spec.name} needs its data: pass --data-root DIR or set OVBENCH_DATA")
+    return FolderDataset(spec, root)
+
+
+# --------------------------------------------------------------------------- benchmarks
+
+
+@dataclass
+class BenchmarkSpec:
+    name: str
+    eval_sets: list[str]
+    train_set: str | None = None
+    #: model scale a method runs at on this benchmark by default (toyland: tiny)
+    scale: str | None = None
+    #: generated in process, needs no data root
+    embedded: bool = False
+    description: str = ""
+
+
+def _benchmark_files() -> dict[str, Path]:
+    root = configs_dir() / "benchmarks"
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))} if root.is_dir() else {}
+
+
+def benchmark_names() -> list[str]:
+    return sorted(_benchmark_files())
+
+
+def load_benchmark(name: str) -> BenchmarkSpec:
+    files = _benchmark_files()
+    if name not in files:
+        raise _unknown("benchmark", name, benchmark_names())
+    raw = load_yaml(files[name])
+    raw.setdefault("name", name)
+    spec = build_dataclass(BenchmarkSpec, raw, f"benchmark {name}")
+    if not spec.eval_sets:
+        raise ConfigError(f"benchmark {name}: eval_sets is empty")
+    return spec

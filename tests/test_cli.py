@@ -1,0 +1,172 @@
+"""The command line as a user meets it: exit codes, one-line errors, records, tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from ovbench.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(capsys, *args):
+    code = main(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def store_lines(home: Path) -> list[str]:
+    path = home / "results.jsonl"
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def assert_one_line_error(code, err, *fragments):
+    assert code == 1
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def write_folder_dataset(root: Path, *, vocabulary="[road, tree]", corrupt=False, mismatch=False) -> Path:
+    (root / "data" / "img").mkdir(parents=True)
+    (root / "data" / "ann").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / "data" / "img" / f"t{i}.png")
+        size = (32, 31) if mismatch and i == 2 else (32, 32)
+        Image.fromarray(rng.integers(0, 2, size, dtype=np.uint8)).save(root / "data" / "ann" / f"t{i}.png")
+    if corrupt:
+        (root / "data" / "img" / "t2.png").write_bytes(b"garbage")
+    spec = root / "tiny.yaml"
+    spec.write_text(
+        textwrap.dedent(
+            f"""\
+            image_dir: img
+            mask_dir: ann
+            vocabulary: {vocabulary}
+            ignore_index: 255
+            """
+        )
+    )
+    return spec
+
+
+def test_eval_toyland_then_table(capsys, isolated_home):
+    code, out, err = run_cli(capsys, "eval", "--method", "clip-dense", "--quiet")
+    assert code == 0, err
+    assert err.splitlines()[0].startswith("no benchmark given and no data configured: running the embedded synthetic benchmark 'toyland'")
+    for split in ("toyland-urban", "toyland-flood", "toyland-objects"):
+        assert split in out
+    records = [json.loads(line) for line in store_lines(isolated_home)]
+    assert [r["eval_set"] for r in records] == ["toyland-urban", "toyland-flood", "toyland-objects"]
+    assert {r["method"] for r in records} == {"clip-dense"} and len({r["run_id"] for r in records}) == 1
+    assert all(0.0 <= r["metrics"]["mIoU"] <= 100.0 for r in records)
+
+    code, out, err = run_cli(capsys, "table", "--format", "markdown")
+    assert code == 0, err
+    row = [line for line in out.splitlines() if "clip-dense" in line]
+    assert len(row) == 1 and "zeroshot" in row[0]
+    assert "Avg" in out
+
+
+def test_unknown_method(capsys, isolated_home):
+    code, out, err = run_cli(capsys, "eval", "--method", "clip-dens")
+    assert_one_line_error(code, err, "unknown method 'clip-dens'", "did you mean 'clip-dense'")
+    assert store_lines(isolated_home) == []
+
+
+def test_unknown_dataset(capsys, isolated_home):
+    code, out, err = run_cli(capsys, "eval", "--method", "clip-dense", "--dataset", "toyland-urbn")
+    assert_one_line_error(code, err, "unknown dataset 'toyland-urbn'", "did you mean 'toyland-urban'")
+    assert store_lines(isolated_home) == []
+
+
+def test_unknown_benchmark(capsys, isolated_home):
+    code, out, err = run_cli(capsys, "eval", "--method", "clip-dense", "--benchmark", "toylnd")
+    assert_one_line_error(code, err, "unknown benchmark 'toylnd'")
+
+
+def test_unknown_config_key(capsys, isolated_home):
+    code, out, err = run_cli(capsys, "eval", "--method", "clip-dense", "inference.mdoe=sliding")
+    assert_one_line_error(code, err, "unknown config key 'inference.mdoe'", "did you mean 'inference.mode'")
+    assert store_lines(isolated_home) == []
+
+
+def test_empty_vocabulary(capsys, isolated_home, tmp_path):
+    spec = write_folder_dataset(tmp_path, vocabulary="[]")
+    code, out, err = run_cli(capsys, "eval", "-m", "clip-dense", "--dataset", str(spec), "--data-root", str(tmp_path / "data"))
+    assert_one_line_error(code, err, "empty vocabulary")
+    assert store_lines(isolated_home) == []
+
+
+def test_corrupt_image_leaves_no_record(capsys, isolated_home, tmp_path):
+    spec = write_folder_dataset(tmp_path, corrupt=True)
+    code, out, err = run_cli(
+        capsys, "eval", "-m", "clip-dense", "--scale", "tiny", "--dataset", str(spec), "--data-root", str(tmp_path / "data"), "-q"
+    )
+    assert_one_line_error(code, err, "t2.png: cannot decode image")
+    assert store_lines(isolated_home) == []
+
+
+def test_mask_size_mismatch_leaves_no_record(capsys, isolated_home, tmp_path):
+    spec = write_folder_dataset(tmp_path, mismatch=True)
+    code, out, err = run_cli(
+        capsys, "eval", "-m", "clip-dense", "--scale", "tiny", "--dataset", str(spec), "--data-root", str(tmp_path / "data"), "-q"
+    )
+    assert_one_line_error(code, err, "t2.png: mask is 31x32 but its image t2.png is 32x32")
+    assert store_lines(isolated_home) == []
+
+
+def test_folder_dataset_needs_data_root(capsys, isolated_home, tmp_path):
+    spec = write_folder_dataset(tmp_path)
+    code, out, err = run_cli(capsys, "eval", "-m", "clip-dense", "--dataset", str(spec))
+    assert_one_line_error(code, err, "needs its data", "--data-root")
+
+
+def test_missing_checkpoint(capsys, isolated_home, tmp_path):
+    code, out, err = run_cli(capsys, "eval", "-m", "clip-dense", "--checkpoint", str(tmp_path / "nope.pth"))
+    assert_one_line_error(code, err, "checkpoint not found")
+
+
+def test_table_with_empty_store(capsys, isolated_home):
+    code, out, err = run_cli(capsys, "table")
+    assert_one_line_error(code, err, "no results")
+
+
+def test_listing_commands(capsys):
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0 and "clip-dense" in out
+    code, out, _ = run_cli(capsys, "datasets")
+    assert code == 0 and "toyland-train" in out and "toyland-objects" in out
+    code, out, _ = run_cli(capsys, "benchmarks")
+    assert code == 0 and "toyland" in out
+
+
+def test_console_script_error_has_no_traceback(tmp_path):
+    env = dict(os.environ, OVBENCH_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ovbench", "eval", "--method", "nope"], capture_output=True, text=True, env=env, cwd=REPO
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "unknown method 'nope'" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_help_explains_commands():
+    proc = subprocess.run([sys.executable, "-m", "ovbench", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert proc.returncode == 0
+    for command in ("eval", "table", "methods", "datasets", "benchmarks"):
+        assert command in proc.stdout

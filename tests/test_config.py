@@ -1,0 +1,70 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from ovbench.config import build_dataclass, config_hash, deep_merge, parse_overrides
+from ovbench.errors import ConfigError
+
+
+@dataclass
+class Inner:
+    width: int = 64
+    size: list[int] = field(default_factory=lambda: [640, 640])
+
+
+@dataclass
+class Outer:
+    name: str = "x"
+    lr: float = 1e-4
+    weights: str | None = None
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_overrides_parse_as_yaml_values():
+    assert parse_overrides(["inner.width=32", "inner.size=[384, 384]", "weights=null", "name=a=b"]) == {
+        "inner": {"width": 32, "size": [384, 384]},
+        "weights": None,
+        "name": "a=b",
+    }
+
+
+@pytest.mark.parametrize("bad", ["noequals", "=3", "a..b=1"])
+def test_malformed_overrides(bad):
+    with pytest.raises(ConfigError, match="bad override"):
+        parse_overrides([bad])
+
+
+def test_build_typed_with_merge():
+    data = deep_merge({"inner": {"width": 8, "size": [1, 2]}}, parse_overrides(["inner.width=16", "lr=1"]))
+    cfg = build_dataclass(Outer, data)
+    assert cfg.inner == Inner(width=16, size=[1, 2])
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+
+
+def test_unknown_key_names_closest_valid_one():
+    with pytest.raises(ConfigError, match=r"unknown config key 'inner\.widht' \(did you mean 'inner\.width'\?\)"):
+        build_dataclass(Outer, {"inner": {"widht": 3}})
+    with pytest.raises(ConfigError, match=r"unknown config key 'zzz' \(valid keys: inner, lr, name, weights\)"):
+        build_dataclass(Outer, {"zzz": 3})
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"inner": {"width": "wide"}}, "inner.width: expected an integer"),
+        ({"inner": {"width": True}}, "inner.width: expected an integer"),
+        ({"lr": "fast"}, "lr: expected a number"),
+        ({"inner": 3}, "inner: expected a section"),
+        ({"inner": {"size": 640}}, "inner.size: expected a list"),
+        ({"weights": 5}, "weights: expected a string"),
+    ],
+)
+def test_type_errors_name_the_key(data, message):
+    with pytest.raises(ConfigError, match=message):
+        build_dataclass(Outer, data)
+
+
+def test_config_hash_is_order_independent_and_sensitive():
+    assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
+    assert config_hash({"a": 1}) != config_hash({"a": 2})
+    assert config_hash(Outer()) == config_hash(Outer())
