@@ -69,6 +69,7 @@ def eval_command(
     ),
     store: Optional[Path] = typer.Option(None, "--store", help="Results file (default $OVBENCH_HOME/results.jsonl)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+    seed: int = typer.Option(0, "--seed", help="Seed for anything initialised at random (weights not loaded from a file)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. inference.mode=sliding eval.batch_size=2."),
 ) -> None:
     """Evaluate a method on every evaluation set of a benchmark and append one record per set.
@@ -92,6 +93,7 @@ def eval_command(
         store_path=store,
         quiet=quiet,
         overrides=list(overrides or []),
+        seed=seed,
     )
     results = run_evaluation(request, stderr_console)
     table = Table(title=f"{method} — mIoU per evaluation set", title_justify="left")

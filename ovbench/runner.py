@@ -12,6 +12,7 @@ from ovbench.config import config_hash, parse_overrides
 from ovbench.errors import ConfigError
 from ovbench.eval.evaluate import DatasetResult, evaluate_dataset, resolve_device
 from ovbench.progress import ProgressReporter
+from ovbench.seeding import seed_everything
 from ovbench.registry import (
     benchmark_names,
     build_dataset,
@@ -42,6 +43,8 @@ class EvalRequest:
     store_path: Path | None = None
     quiet: bool = False
     overrides: list[str] = field(default_factory=list)
+    #: seeds the random initialisation of anything not loaded from weights (tiny test models)
+    seed: int = 0
 
 
 def choose_benchmark(requested: str | None, data_root: Path | None) -> str:
@@ -91,6 +94,7 @@ def run_evaluation(request: EvalRequest, console: Console) -> list[DatasetResult
     # Everything that can fail on bad input is checked before the first image is predicted.
     datasets = [build_dataset(name, data_root) for name in eval_sets]
     device = resolve_device(request.device)
+    seed_everything(request.seed)
     segmenter = build_segmenter(resolved, trust_checkpoints=request.trust_checkpoint)
     if request.checkpoint is not None:
         segmenter.load_checkpoint(request.checkpoint, trusted=request.trust_checkpoint)
@@ -125,7 +129,7 @@ def run_evaluation(request: EvalRequest, console: Console) -> list[DatasetResult
                 eval_set=dataset.name,
                 metrics={"mIoU": metrics.mIoU, "mAcc": metrics.mAcc, "pAcc": metrics.pAcc, "fwIoU": metrics.fwIoU},
                 per_class_iou=metrics.per_class_iou,
-                seed=None,
+                seed=request.seed,
                 iterations=None,
                 config_hash=digest,
                 code_version=version,

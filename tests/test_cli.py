@@ -170,3 +170,11 @@ def test_help_explains_commands():
     assert proc.returncode == 0
     for command in ("eval", "table", "methods", "datasets", "benchmarks"):
         assert command in proc.stdout
+
+
+def test_eval_is_reproducible_for_a_seed(capsys, isolated_home):
+    for _ in range(2):
+        assert run_cli(capsys, "eval", "-m", "clip-dense", "--dataset", "toyland-urban", "-q", "--seed", "3")[0] == 0
+    first, second = [json.loads(line) for line in store_lines(isolated_home)]
+    assert first["seed"] == second["seed"] == 3
+    assert first["metrics"] == second["metrics"] and first["per_class_iou"] == second["per_class_iou"]
