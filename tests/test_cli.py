@@ -174,7 +174,28 @@ def test_help_explains_commands():
 
 def test_eval_is_reproducible_for_a_seed(capsys, isolated_home):
     for _ in range(2):
-        assert run_cli(capsys, "eval", "-m", "clip-dense", "--dataset", "toyland-urban", "-q", "--seed", "3")[0] == 0
+        assert run_cli(capsys, "eval", "-m", "clip-dense", "--dataset", "toyland-urban", "--scale", "tiny", "-q", "--seed", "3")[0] == 0
     first, second = [json.loads(line) for line in store_lines(isolated_home)]
     assert first["seed"] == second["seed"] == 3
     assert first["metrics"] == second["metrics"] and first["per_class_iou"] == second["per_class_iou"]
+
+
+def test_unfetchable_clip_weights_is_one_line(tmp_path):
+    """open_clip logs a failed download on the root logger before raising: the user still
+    sees one line."""
+    script = textwrap.dedent(
+        """\
+        import logging, sys
+        import open_clip
+        def offline(*args, **kwargs):
+            logging.getLogger().error("Failed to download weights for tag 'openai'")
+            raise RuntimeError("Failed to download weights for tag 'openai'")
+        open_clip.create_model = offline
+        from ovbench.cli import main
+        sys.exit(main(["eval", "-m", "clip-dense", "--dataset", "toyland-urban", "-q"]))
+        """
+    )
+    env = dict(os.environ, OVBENCH_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+    assert_one_line_error(proc.returncode, proc.stderr, "could not fetch CLIP weights ViT-B-16/openai", "--clip-weights PATH")
+    assert not (tmp_path / "results.jsonl").exists()

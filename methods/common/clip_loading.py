@@ -24,6 +24,8 @@ weights cannot be fetched (offline). The harness adapters translate them.
 
 from __future__ import annotations
 
+import logging
+
 import copy
 import difflib
 import warnings
@@ -287,6 +289,10 @@ def create_clip_from_tag(arch: str, tag: str, model_config: Mapping[str, Any] | 
     # open_clip only warns when the architecture's activation differs from the tag's
     # (OpenAI weights were trained with QuickGELU), so the tag's setting is forced here.
     quick_gelu = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+    # open_clip logs a failed download as an error before raising; the raised error carries
+    # the same text, so its log line would only repeat it.
+    previous_disable = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
     try:
         model = open_clip.create_model(arch, pretrained=tag, force_quick_gelu=quick_gelu, require_pretrained=True)
     except Exception as exc:  # hub, HTTP and file errors all mean "not available here"
@@ -294,6 +300,8 @@ def create_clip_from_tag(arch: str, tag: str, model_config: Mapping[str, Any] | 
             f"could not fetch CLIP weights {arch}/{tag} ({_first_line(exc)}); "
             "download them where there is network access and pass the local file with --clip-weights PATH"
         ) from None
+    finally:
+        logging.disable(previous_disable)
     return model.eval()
 
 
