@@ -199,3 +199,14 @@ def test_unfetchable_clip_weights_is_one_line(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
     assert_one_line_error(proc.returncode, proc.stderr, "could not fetch CLIP weights ViT-B-16/openai", "--clip-weights PATH")
     assert not (tmp_path / "results.jsonl").exists()
+
+
+def test_eval_with_clip_weights_file(capsys, isolated_home, tmp_path):
+    """--clip-weights with an OpenAI-format .pt: the architecture comes from the file."""
+    from test_clip_loading import OPENAI_STYLE_CONFIG, random_clip, write_openai_archive
+
+    weights = write_openai_archive(random_clip(OPENAI_STYLE_CONFIG), tmp_path / "ViT-tiny.pt")
+    code, out, err = run_cli(capsys, "eval", "-m", "clip-dense", "--benchmark", "toyland", "--clip-weights", str(weights), "-q")
+    assert code == 0, err
+    records = [json.loads(line) for line in store_lines(isolated_home)]
+    assert len(records) == 3 and all(r["extra"]["scale"] is None for r in records)
