@@ -28,7 +28,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-stdout_console = Console(soft_wrap=True)
+# Piped output (logs, CI) gets room for wide tables instead of rich's 80-column fallback.
+stdout_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _version_callback(value: bool) -> None:
@@ -96,7 +97,107 @@ def eval_command(
         seed=seed,
     )
     results = run_evaluation(request, stderr_console)
-    table = Table(title=f"{method} — mIoU per evaluation set", title_justify="left")
+    _print_results(f"{method} — mIoU per evaluation set", results)
+
+
+@app.command("run")
+def run_command(
+    method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `ovbench methods`) or a method YAML path."),
+    protocol: str = typer.Option("scratch", "--protocol", "-p", help="scratch, finetune or zeroshot (see configs/protocols)."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark: its training set and evaluation sets; default toyland."),
+    train_set: Optional[str] = typer.Option(None, "--train-set", help="Train on this dataset instead of the benchmark's."),
+    seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order and augmentation."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Training iterations (default from the method YAML)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Start from these weights (finetune: the COCO-Stuff checkpoint)."),
+    clip_weights: Optional[str] = typer.Option(None, "--clip-weights", help="CLIP weights file or open_clip tag."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Model scale overlay (e.g. tiny); default: the benchmark's."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Root folder of the datasets (default $OVBENCH_DATA)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N (under torchrun: the local GPU)."),
+    weights_dir: Optional[Path] = typer.Option(
+        None, "--weights-dir", help="Folder with the authors' checkpoints under their published names (default $OVBENCH_WEIGHTS); finetune looks there."
+    ),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="Name of the run directory (default: generated)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="Continue the run with this id (or directory) from its last checkpoint."),
+    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Load checkpoints without weights_only."),
+    store: Optional[Path] = typer.Option(None, "--store", help="Results file (default $OVBENCH_HOME/results.jsonl)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (for logs)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. train.batch_size=8 train.optimizer.lr=1e-4."),
+) -> None:
+    """Train (or fine-tune) a method under a protocol, then evaluate it on every evaluation set.
+
+    Example: ovbench run --method gsnet --protocol scratch
+    Resume:  ovbench run --resume RUN_ID
+    Several GPUs: torchrun --nproc_per_node 4 -m ovbench run --method gsnet --protocol scratch
+    """
+    from ovbench.runner import RunRequest, find_run, load_run_request, run_training
+
+    if resume is not None:
+        given = [name for name, value in (("--method", method), ("--checkpoint", checkpoint), ("--run-id", run_id)) if value]
+        if given or overrides:
+            raise OvbenchError(f"--resume continues a run as it was configured; drop {', '.join(given) or 'the overrides'}")
+        run_dir = find_run(resume)
+        request = load_run_request(run_dir)
+        request.quiet = quiet
+    else:
+        if method is None:
+            raise OvbenchError("--method is required (or --resume RUN_ID)")
+        request = RunRequest(
+            method=method, protocol=protocol, benchmark=benchmark, train_set=train_set, seed=seed, iters=iters,
+            checkpoint=str(checkpoint) if checkpoint else None, clip_weights=clip_weights, scale=scale,
+            data_root=str(data_root) if data_root else None, device=device, trust_checkpoint=trust_checkpoint,
+            store_path=str(store) if store else None, quiet=quiet, overrides=list(overrides or []), run_id=run_id,
+            weights_dir=str(weights_dir) if weights_dir else None,
+        )
+    outcome = run_training(request, stderr_console, resume=resume is not None)
+    if outcome.results:
+        _print_results(f"{Path(request.method).stem if request.method.endswith('.yaml') else request.method} ({request.protocol}, {outcome.iterations} iterations) — run {outcome.run_id}", outcome.results)
+
+
+@app.command("sweep")
+def sweep_command(
+    experiment: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/experiments/table2.yaml."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and their status; run nothing."),
+    keep_going: bool = typer.Option(False, "--keep-going", help="Run the remaining jobs when one fails."),
+    data_root: Optional[Path] = typer.Option(None, "--data-root", help="Root folder of the datasets (default $OVBENCH_DATA)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    weights_dir: Optional[Path] = typer.Option(
+        None, "--weights-dir", help="Folder with the authors' COCO-Stuff checkpoints under their published names (finetune jobs)."
+    ),
+    store: Optional[Path] = typer.Option(None, "--store", help="Results file (default $OVBENCH_HOME/results.jsonl)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+) -> None:
+    """Run every job of an experiment (method x protocol x training set x seed), skipping the
+    jobs whose records already exist, so an interrupted sweep resumes where it stopped.
+
+    Example: ovbench sweep configs/experiments/table2.yaml --dry-run
+    """
+    from ovbench.engine.sweep import load_experiment, run_sweep
+    from ovbench.registry import load_benchmark
+    from ovbench.results.store import ResultStore
+    from ovbench.runner import RunRequest, run_training, runs_dir
+
+    loaded = load_experiment(experiment)
+    records = ResultStore(store).read()
+
+    def run_job(job) -> None:
+        request = RunRequest(
+            method=job.method, protocol=job.protocol, benchmark=job.benchmark, train_set=job.train_set, seed=job.seed,
+            data_root=str(data_root) if data_root else None, device=device, store_path=str(store) if store else None,
+            quiet=quiet, overrides=list(job.overrides), run_id=job.run_id(), job_key=job.key(), label=job.label,
+            weights_dir=str(weights_dir) if weights_dir else None,
+        )
+        # a job interrupted earlier left its run directory: continue it from its checkpoint
+        resume = (runs_dir() / job.run_id() / "request.yaml").exists()
+        run_training(request, stderr_console, resume=resume)
+
+    run_sweep(
+        loaded, run_job, records, dry_run=dry_run, keep_going=keep_going, console=stdout_console,
+        eval_sets_of=lambda name: len(load_benchmark(name).eval_sets),
+    )
+
+
+def _print_results(title: str, results) -> None:
+    table = Table(title=title, title_justify="left")
     for column in ("evaluation set", "images", "mIoU", "mAcc", "pAcc", "fwIoU"):
         table.add_column(column, justify="left" if column == "evaluation set" else "right")
     for result in results:

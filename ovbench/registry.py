@@ -18,6 +18,7 @@ from typing import Any, Iterable
 
 from ovbench.config import build_dataclass, configs_dir, deep_merge, load_yaml, to_plain
 from ovbench.errors import ConfigError, DataError, OvbenchError, RegistryError
+from ovbench.engine.trainer import TrainConfig
 from ovbench.eval.inference import InferenceConfig, build_inference
 
 ENTRY_POINT_GROUP = "ovbench.adapters"
@@ -26,6 +27,21 @@ ENTRY_POINT_GROUP = "ovbench.adapters"
 BUILTIN_ADAPTERS: dict[str, str] = {
     "clip-dense": "adapters.clip_dense:ClipDenseSegmenter",
 }
+
+
+def _config_files(folder: str) -> dict[str, Path]:
+    """name -> YAML file for the flat folders configs/datasets, benchmarks, protocols."""
+    root = configs_dir() / folder
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))} if root.is_dir() else {}
+
+
+def _load_named(folder: str, kind: str, name: str, cls: type):
+    files = _config_files(folder)
+    if name not in files:
+        raise _unknown(kind, name, files)
+    raw = load_yaml(files[name])
+    raw.setdefault("name", name)
+    return build_dataclass(cls, raw, f"{kind} {name}")
 
 
 def _unknown(kind: str, name: str, available: Iterable[str]) -> RegistryError:
@@ -46,12 +62,23 @@ def adapter_names() -> list[str]:
     return sorted(set(BUILTIN_ADAPTERS) | set(_entry_point_adapters()))
 
 
+def _import_object(reference: str) -> Any:
+    """`package.module:Attribute` -> the object; one clear error if it is not importable."""
+    module_name, _, attr = reference.partition(":")
+    try:
+        return getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise RegistryError(f"adapter '{reference}' cannot be imported: {exc}") from None
+
+
 def adapter_class(name: str) -> type:
+    """A registered adapter name, or `module:Class` for an adapter under development."""
     from ovbench.interface import OpenVocabSegmenter
 
     if name in BUILTIN_ADAPTERS:
-        module_name, _, attr = BUILTIN_ADAPTERS[name].partition(":")
-        cls = getattr(importlib.import_module(module_name), attr)
+        cls = _import_object(BUILTIN_ADAPTERS[name])
+    elif ":" in name:
+        cls = _import_object(name)
     else:
         plugins = _entry_point_adapters()
         if name not in plugins:
@@ -74,13 +101,24 @@ class EvalSettings:
 
 
 @dataclass
+class PublishedCheckpoint:
+    """Where a method's authors publish a checkpoint the `finetune` protocol starts from."""
+
+    file: str
+    published: str
+
+
+@dataclass
 class MethodConfig:
-    """A method's YAML: which adapter, its model settings, how it is evaluated."""
+    """A method's YAML: which adapter, its model settings, how it is trained and evaluated."""
 
     adapter: str
     model: dict[str, Any] = field(default_factory=dict)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     eval: EvalSettings = field(default_factory=EvalSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    #: the official COCO-Stuff checkpoint (`finetune` protocol)
+    coco_checkpoint: PublishedCheckpoint | None = None
     description: str = ""
     #: named overlays (e.g. `tiny` for toyland and tests) applied on request
     scales: dict[str, Any] = field(default_factory=dict)
@@ -115,6 +153,8 @@ def _raw_method_config(name: str) -> dict[str, Any]:
     files = _method_files()
     if name in files:
         return load_yaml(files[name])
+    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        return load_yaml(name)
     if name in _entry_point_adapters():
         cls = adapter_class(name)
         return deep_merge({"adapter": name}, dict(getattr(cls, "default_method_config", {}) or {}))
@@ -171,11 +211,6 @@ def build_segmenter(resolved: ResolvedMethod, trust_checkpoints: bool = False):
 # --------------------------------------------------------------------------- datasets
 
 
-def _dataset_files() -> dict[str, Path]:
-    root = configs_dir() / "datasets"
-    return {p.stem: p for p in sorted(root.glob("*.yaml"))} if root.is_dir() else {}
-
-
 def _toyland_splits() -> tuple[str, ...]:
     from ovbench.data.toyland import TOYLAND_SPLITS
 
@@ -183,7 +218,7 @@ def _toyland_splits() -> tuple[str, ...]:
 
 
 def dataset_names() -> list[str]:
-    return sorted(set(_toyland_splits()) | set(_dataset_files()))
+    return sorted(set(_toyland_splits()) | set(_config_files("datasets")))
 
 
 def resolve_data_root(data_root: str | Path | None) -> Path | None:
@@ -201,7 +236,7 @@ def build_dataset(name: str, data_root: str | Path | None = None):
         return ToylandDataset(name)
     from ovbench.data.folder import FolderDataset, FolderDatasetSpec
 
-    files = _dataset_files()
+    files = _config_files("datasets")
     if name in files:
         path = files[name]
     elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
@@ -232,22 +267,42 @@ class BenchmarkSpec:
     description: str = ""
 
 
-def _benchmark_files() -> dict[str, Path]:
-    root = configs_dir() / "benchmarks"
-    return {p.stem: p for p in sorted(root.glob("*.yaml"))} if root.is_dir() else {}
-
-
 def benchmark_names() -> list[str]:
-    return sorted(_benchmark_files())
+    return sorted(_config_files("benchmarks"))
 
 
 def load_benchmark(name: str) -> BenchmarkSpec:
-    files = _benchmark_files()
-    if name not in files:
-        raise _unknown("benchmark", name, benchmark_names())
-    raw = load_yaml(files[name])
-    raw.setdefault("name", name)
-    spec = build_dataclass(BenchmarkSpec, raw, f"benchmark {name}")
+    spec = _load_named("benchmarks", "benchmark", name, BenchmarkSpec)
     if not spec.eval_sets:
         raise ConfigError(f"benchmark {name}: eval_sets is empty")
     return spec
+
+
+# --------------------------------------------------------------------------- protocols
+
+START_POINTS = ("pretrained", "coco_checkpoint", "optional_checkpoint")
+
+
+@dataclass
+class ProtocolSpec:
+    """How a run starts and whether it trains (configs/protocols/NAME.yaml)."""
+
+    name: str
+    train: bool = True
+    #: pretrained: backbones from their weights, new modules random (no --checkpoint);
+    #: coco_checkpoint: the method's COCO-Stuff checkpoint is required;
+    #: optional_checkpoint: a checkpoint may be given (zero-shot evaluation)
+    start_from: str = "pretrained"
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.start_from not in START_POINTS:
+            raise ConfigError(f"protocol {self.name}: start_from must be one of {', '.join(START_POINTS)}, got {self.start_from!r}")
+
+
+def protocol_names() -> list[str]:
+    return sorted(_config_files("protocols"))
+
+
+def load_protocol(name: str) -> ProtocolSpec:
+    return _load_named("protocols", "protocol", name, ProtocolSpec)

@@ -1,30 +1,41 @@
-"""What `ovbench eval` does, independent of the command line: resolve the method, the
-datasets and the model, evaluate each set with its own vocabulary, append records."""
+"""What `ovbench eval` and `ovbench run` do, independent of the command line: resolve the
+method, protocol and datasets, train where the protocol says so, evaluate every set with its
+own vocabulary, append records."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import yaml
 from rich.console import Console
 
-from ovbench.config import config_hash, parse_overrides
-from ovbench.errors import ConfigError
+from ovbench.config import build_dataclass, config_hash, parse_overrides, load_yaml
+from ovbench.errors import ConfigError, OvbenchError
 from ovbench.eval.evaluate import DatasetResult, evaluate_dataset, resolve_device
+from ovbench.fileio import atomic_write_text
 from ovbench.progress import ProgressReporter
-from ovbench.seeding import seed_everything
 from ovbench.registry import (
+    ResolvedMethod,
     benchmark_names,
     build_dataset,
     build_segmenter,
     load_benchmark,
+    load_protocol,
     method_scales,
     resolve_data_root,
     resolve_method,
 )
+from ovbench.seeding import seed_everything
 
 DEFAULT_BENCHMARK = "toyland"
 REAL_BENCHMARK = "ovrsiss"
+TOYLAND_NOTICE = (
+    "no benchmark given and no data configured: running the embedded synthetic benchmark "
+    "'toyland' (tiny models); use --benchmark ovrsiss --data-root DIR for the paper's"
+)
 
 
 @dataclass
@@ -45,6 +56,34 @@ class EvalRequest:
     overrides: list[str] = field(default_factory=list)
     #: seeds the random initialisation of anything not loaded from weights (tiny test models)
     seed: int = 0
+
+
+@dataclass
+class RunRequest:
+    """Everything `ovbench run` was asked; saved in the run directory so `--resume` needs
+    nothing else."""
+
+    method: str
+    protocol: str = "scratch"
+    benchmark: str | None = None
+    train_set: str | None = None
+    seed: int = 0
+    iters: int | None = None
+    checkpoint: str | None = None
+    clip_weights: str | None = None
+    scale: str | None = None
+    data_root: str | None = None
+    device: str = "auto"
+    trust_checkpoint: bool = False
+    store_path: str | None = None
+    quiet: bool = False
+    overrides: list[str] = field(default_factory=list)
+    run_id: str | None = None
+    #: set by sweeps: identifies the job so that a finished one is skipped
+    job_key: str | None = None
+    label: str | None = None
+    #: folder holding the authors' checkpoints under their published file names (finetune)
+    weights_dir: str | None = None
 
 
 def choose_benchmark(requested: str | None, data_root: Path | None) -> str:
@@ -68,28 +107,80 @@ def pick_scale(method: str, requested: str | None, benchmark_default: str | None
     return benchmark_default if benchmark_default in method_scales(method) else None
 
 
+def _resolve(method: str, overrides: list[str], *, scale: str | None, benchmark_scale: str | None,
+             clip_weights: str | None, extra: dict[str, Any] | None = None) -> ResolvedMethod:
+    nested = parse_overrides(overrides)
+    for section, values in (extra or {}).items():
+        nested.setdefault(section, {}).update(values)
+    if clip_weights is not None:
+        nested.setdefault("model", {})["clip_weights"] = clip_weights
+    resolved = resolve_method(method, scale=pick_scale(method, scale, benchmark_scale, clip_weights), overrides=nested)
+    if clip_weights is not None and not hasattr(resolved.model_config, "clip_weights"):
+        raise ConfigError(f"method {method} takes no CLIP weights (no model.clip_weights setting)")
+    return resolved
+
+
+def evaluate_and_record(
+    segmenter,
+    datasets: list,
+    *,
+    fields: dict[str, Any],
+    extra: dict[str, Any],
+    store,
+    batch_size: int,
+    device,
+    progress: ProgressReporter,
+) -> list[DatasetResult]:
+    """Evaluate each set and append its record as soon as it is finished: a failure on a
+    later set never loses this one, and a set that failed midway leaves no record."""
+    from ovbench.results.store import ResultRecord, code_version, host_info, utc_timestamp
+
+    version, host = code_version(), host_info()
+    results = []
+    for dataset in datasets:
+        result = evaluate_dataset(segmenter, dataset, batch_size=batch_size, device=device, progress=progress)
+        metrics = result.metrics
+        record = ResultRecord(
+            **fields,
+            eval_set=dataset.name,
+            metrics={"mIoU": metrics.mIoU, "mAcc": metrics.mAcc, "pAcc": metrics.pAcc, "fwIoU": metrics.fwIoU},
+            per_class_iou=metrics.per_class_iou,
+            code_version=version,
+            host=host["host"],
+            hardware=host["hardware"],
+            wall_time_s=round(result.wall_time_s, 3),
+            timestamp=utc_timestamp(),
+            extra={
+                **extra,
+                "num_images": result.num_images,
+                "per_class_acc": metrics.per_class_acc,
+                "valid_pixels": metrics.valid_pixels,
+                "device": str(device),
+            },
+        )
+        store.append([record])
+        results.append(result)
+        progress.log(f"{dataset.name}: mIoU {metrics.mIoU:.2f} ({result.num_images} images, {result.wall_time_s:.1f} s)")
+    return results
+
+
 def run_evaluation(request: EvalRequest, console: Console) -> list[DatasetResult]:
-    from ovbench.results.store import ResultRecord, ResultStore, code_version, host_info, new_run_id, utc_timestamp
+    from ovbench.results.store import ResultStore, new_run_id
 
     data_root = resolve_data_root(request.data_root)
     if request.datasets and request.benchmark:
         raise ConfigError("give either --benchmark or --dataset, not both")
     if request.datasets:
-        benchmark_name, eval_sets, default_scale, train_set = "custom", request.datasets, None, None
+        benchmark_name, eval_sets, default_scale = "custom", request.datasets, None
     else:
         benchmark_name = choose_benchmark(request.benchmark, data_root)
         spec = load_benchmark(benchmark_name)
-        eval_sets, default_scale, train_set = spec.eval_sets, spec.scale, spec.train_set
+        eval_sets, default_scale = spec.eval_sets, spec.scale
     announce_toyland = not request.datasets and request.benchmark is None and benchmark_name == DEFAULT_BENCHMARK
 
-    overrides = parse_overrides(request.overrides)
-    if request.clip_weights is not None:
-        overrides.setdefault("model", {})["clip_weights"] = request.clip_weights
-    if request.batch_size is not None:
-        overrides.setdefault("eval", {})["batch_size"] = request.batch_size
-    resolved = resolve_method(request.method, scale=pick_scale(request.method, request.scale, default_scale, request.clip_weights), overrides=overrides)
-    if request.clip_weights is not None and not hasattr(resolved.model_config, "clip_weights"):
-        raise ConfigError(f"method {request.method} takes no CLIP weights (no model.clip_weights setting)")
+    extra_overrides = {"eval": {"batch_size": request.batch_size}} if request.batch_size is not None else None
+    resolved = _resolve(request.method, request.overrides, scale=request.scale, benchmark_scale=default_scale,
+                        clip_weights=request.clip_weights, extra=extra_overrides)
 
     # Everything that can fail on bad input is checked before the first image is predicted.
     datasets = [build_dataset(name, data_root) for name in eval_sets]
@@ -101,55 +192,167 @@ def run_evaluation(request: EvalRequest, console: Console) -> list[DatasetResult
     segmenter.to(device)
 
     if announce_toyland:
-        console.print(
-            "no benchmark given and no data configured: running the embedded synthetic benchmark "
-            "'toyland' (tiny models); use --benchmark ovrsiss --data-root DIR for the paper's",
-            highlight=False,
-        )
+        console.print(TOYLAND_NOTICE, highlight=False)
     store = ResultStore(request.store_path)
     run_id = new_run_id(request.method)
     resolved_dict = resolved.as_dict()
     resolved_dict["checkpoint"] = str(request.checkpoint) if request.checkpoint else None
-    digest = config_hash(resolved_dict)
-    version, host = code_version(), host_info()
-    results: list[DatasetResult] = []
+    fields = {
+        "run_id": run_id,
+        "method": Path(request.method).stem if request.method.endswith((".yaml", ".yml")) else request.method,
+        "protocol": request.protocol,
+        "benchmark": benchmark_name,
+        "seed": request.seed,
+        "config_hash": config_hash(resolved_dict),
+    }
     with ProgressReporter(quiet=request.quiet, console=console) as progress:
-        for dataset in datasets:
-            result = evaluate_dataset(
-                segmenter, dataset, batch_size=resolved.config.eval.batch_size, device=device, progress=progress
-            )
-            metrics = result.metrics
-            record = ResultRecord(
-                run_id=run_id,
-                method=request.method,
-                protocol=request.protocol,
-                benchmark=benchmark_name,
-                train_set=train_set if request.checkpoint else None,
-                train_size=None,
-                eval_set=dataset.name,
-                metrics={"mIoU": metrics.mIoU, "mAcc": metrics.mAcc, "pAcc": metrics.pAcc, "fwIoU": metrics.fwIoU},
-                per_class_iou=metrics.per_class_iou,
-                seed=request.seed,
-                iterations=None,
-                config_hash=digest,
-                code_version=version,
-                host=host["host"],
-                hardware=host["hardware"],
-                wall_time_s=round(result.wall_time_s, 3),
-                timestamp=utc_timestamp(),
-                extra={
-                    "scale": resolved.scale,
-                    "checkpoint": resolved_dict["checkpoint"],
-                    "num_images": result.num_images,
-                    "per_class_acc": metrics.per_class_acc,
-                    "valid_pixels": metrics.valid_pixels,
-                    "device": str(device),
-                },
-            )
-            # One record per finished set: a failure on a later set never loses this one,
-            # and a set that failed midway leaves no record at all.
-            store.append([record])
-            results.append(result)
-            progress.log(f"{dataset.name}: mIoU {metrics.mIoU:.2f} ({result.num_images} images, {result.wall_time_s:.1f} s)")
+        results = evaluate_and_record(
+            segmenter, datasets, fields=fields, extra={"scale": resolved.scale, "checkpoint": resolved_dict["checkpoint"]},
+            store=store, batch_size=resolved.config.eval.batch_size, device=device, progress=progress,
+        )
     progress.log(f"appended {len(results)} records to {store.path} (run {run_id})")
     return results
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def runs_dir() -> Path:
+    from ovbench.results.store import ovbench_home
+
+    return ovbench_home() / "runs"
+
+
+def find_run(reference: str) -> Path:
+    """A run directory from its id (under $OVBENCH_HOME/runs) or its path."""
+    path = Path(reference)
+    if not (path / "request.yaml").is_file():
+        path = runs_dir() / reference
+    if not (path / "request.yaml").is_file():
+        raise OvbenchError(f"no run '{reference}': expected {path / 'request.yaml'}")
+    return path
+
+
+def load_run_request(run_dir: Path) -> RunRequest:
+    return build_dataclass(RunRequest, load_yaml(run_dir / "request.yaml"), f"{run_dir}/request.yaml")
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    run_dir: Path
+    results: list[DatasetResult]
+    iterations: int
+    resumed_from: int
+
+
+def _display_name(method: str) -> str:
+    return Path(method).stem if method.endswith((".yaml", ".yml")) else method
+
+
+def run_training(request: RunRequest, console: Console, resume: bool = False) -> RunOutcome:
+    """Train under a protocol, then evaluate on every evaluation set of the benchmark."""
+    import torch
+
+    from ovbench.engine.distributed import init_distributed, shutdown
+    from ovbench.engine.trainer import Trainer
+    from ovbench.interface import OpenVocabSegmenter
+    from ovbench.results.store import ResultStore, new_run_id
+
+    data_root = resolve_data_root(Path(request.data_root) if request.data_root else None)
+    benchmark_name = choose_benchmark(request.benchmark, data_root)
+    benchmark = load_benchmark(benchmark_name)
+    protocol = load_protocol(request.protocol)
+    extra_overrides = {"train": {"iters": request.iters}} if request.iters is not None else None
+    resolved = _resolve(request.method, request.overrides, scale=request.scale, benchmark_scale=benchmark.scale,
+                        clip_weights=request.clip_weights, extra=extra_overrides)
+    train_cfg = resolved.config.train
+    method = _display_name(request.method)
+
+    # ---- every check that can fail on bad input, before any training
+    if protocol.start_from == "coco_checkpoint" and request.checkpoint is None:
+        known = resolved.config.coco_checkpoint
+        weights_dir = request.weights_dir or os.environ.get("OVBENCH_WEIGHTS")
+        if known and weights_dir and (Path(weights_dir) / known.file).is_file():
+            request.checkpoint = str(Path(weights_dir) / known.file)
+        else:
+            where = (f"{known.file}, published by the authors at {known.published}; or put it in --weights-dir / $OVBENCH_WEIGHTS"
+                     if known else f"no official COCO-Stuff checkpoint is known for {method}; train one on COCO-Stuff first")
+            raise ConfigError(f"protocol {protocol.name} starts from {method}'s COCO-Stuff checkpoint: pass --checkpoint FILE ({where})")
+    if protocol.start_from == "pretrained" and request.checkpoint is not None:
+        raise ConfigError(f"protocol {protocol.name} starts from pretrained backbones; --checkpoint belongs to finetune or zeroshot")
+    train_set_name = request.train_set or benchmark.train_set
+    if protocol.train and not train_set_name:
+        raise ConfigError(f"benchmark {benchmark_name} has no training set; pass --train-set NAME")
+    train_set = build_dataset(train_set_name, data_root) if protocol.train else None
+    eval_sets = [build_dataset(name, data_root) for name in benchmark.eval_sets]
+    device = resolve_device(request.device)
+    dist = init_distributed(device)
+    try:
+        seed_everything(request.seed)
+        segmenter = build_segmenter(resolved, trust_checkpoints=request.trust_checkpoint)
+        if protocol.train and type(segmenter).loss is OpenVocabSegmenter.loss:
+            raise ConfigError(f"{method} is training-free: evaluate it with --protocol zeroshot")
+        if request.checkpoint is not None:
+            segmenter.load_checkpoint(request.checkpoint, trusted=request.trust_checkpoint)
+
+        # ---- the run directory (rank 0 names it; every rank agrees on the id)
+        run_id = request.run_id or new_run_id(method)
+        if dist.enabled:
+            shared = [run_id]
+            torch.distributed.broadcast_object_list(shared, src=0)
+            run_id = shared[0]
+        request.run_id = run_id
+        run_dir = runs_dir() / run_id
+        if dist.is_main:
+            if (run_dir / "request.yaml").exists() and not resume:
+                raise OvbenchError(f"run {run_id} already exists at {run_dir}: continue it with --resume {run_id}")
+            run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(run_dir / "request.yaml", yaml.safe_dump(asdict(request), sort_keys=False))
+            resolved_dict = {**resolved.as_dict(), "protocol": protocol.name, "benchmark": benchmark_name,
+                             "train_set": train_set_name if protocol.train else None, "seed": request.seed,
+                             "checkpoint": request.checkpoint}
+            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved_dict, sort_keys=False))
+        else:
+            resolved_dict = {}
+
+        if benchmark_name == DEFAULT_BENCHMARK and request.benchmark is None and dist.is_main:
+            console.print(TOYLAND_NOTICE, highlight=False)
+        quiet = request.quiet or not dist.is_main
+        with ProgressReporter(quiet=quiet, console=console) as progress:
+            progress.log(f"run {run_id}: {method}, protocol {protocol.name}, {run_dir}")
+            iterations, resumed_from = 0, 0
+            if protocol.train:
+                trainer = Trainer(
+                    segmenter, train_set, train_cfg, run_dir, seed=request.seed, dist=dist, progress=progress,
+                    extra_state={"method": method, "run_id": run_id, "config": resolved_dict},
+                )
+                summary = trainer.train(resume=resume)
+                iterations, resumed_from = summary.iterations, summary.resumed_from
+                if summary.resumed_from:
+                    progress.log(f"resumed at iteration {summary.resumed_from}")
+            results: list[DatasetResult] = []
+            if dist.is_main:
+                store = ResultStore(request.store_path)
+                done_sets = {r["eval_set"] for r in store.read() if r.get("run_id") == run_id} if resume else set()
+                fields = {
+                    "run_id": run_id,
+                    "method": method,
+                    "protocol": protocol.name,
+                    "benchmark": benchmark_name,
+                    "train_set": train_set_name if protocol.train else None,
+                    "train_size": len(train_set) if train_set is not None else None,
+                    "seed": request.seed,
+                    "iterations": iterations,
+                    "config_hash": config_hash(resolved_dict),
+                }
+                extra = {"scale": resolved.scale, "run_dir": str(run_dir), "checkpoint": request.checkpoint,
+                         "job_key": request.job_key, "label": request.label, "world_size": dist.world_size}
+                segmenter.to(dist.device)
+                results = evaluate_and_record(
+                    segmenter, [d for d in eval_sets if d.name not in done_sets], fields=fields, extra=extra,
+                    store=store, batch_size=resolved.config.eval.batch_size, device=dist.device, progress=progress,
+                )
+        return RunOutcome(run_id, run_dir, results, iterations, resumed_from)
+    finally:
+        shutdown(dist)
