@@ -231,3 +231,12 @@ def test_unknown_protocol_and_bad_train_key(isolated_home, capsys):
     assert main(["run", "--method", METHOD, "-q", "train.itres=5"]) == 1
     assert "unknown config key 'train.itres' (did you mean 'train.iters'?)" in capsys.readouterr().err
     assert not (isolated_home / "runs").exists()
+
+
+def test_gradient_accumulation_matches_the_full_batch(isolated_home, capsys):
+    common = ["--method", METHOD, "-q", "--benchmark", "toyland", "train.iters=6", "train.checkpoint_every=6"]
+    assert main(["run", "--run-id", "full", *common]) == 0
+    assert main(["run", "--run-id", "accum", *common, "train.grad_accum=2"]) == 0
+    a, b = final_weights(isolated_home / "runs" / "full"), final_weights(isolated_home / "runs" / "accum")
+    worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+    assert worst < 1e-4, worst
