@@ -15,7 +15,12 @@ from ovbench.errors import CheckpointError, OvbenchError
 if TYPE_CHECKING:
     from ovbench.eval.inference import InferenceMode
 
-__all__ = ["OpenVocabSegmenter", "Vocabulary", "load_torch_file"]
+__all__ = ["IGNORE_INDEX", "OpenVocabSegmenter", "Vocabulary", "load_torch_file"]
+
+#: the value of ignored pixels in the targets `loss` receives, whatever the dataset's own ignore
+#: value (LandDiscover50K 0, Potsdam 5, FAST 255): the engine remaps it, so adapters need not know
+#: each dataset's rule. Target values >= the vocabulary size are also to be treated as ignored.
+IGNORE_INDEX = 255
 
 
 def load_torch_file(path: str | Path, trusted: bool = False) -> Any:
@@ -66,7 +71,8 @@ class OpenVocabSegmenter(nn.Module, ABC):
         return self.inference(lambda views: self.forward_logits(views, vocabulary), images)
 
     def loss(self, images: Tensor, targets: Tensor, vocabulary: Vocabulary) -> dict[str, Tensor]:
-        """Training losses; training-free methods do not implement it."""
+        """Training losses; `targets` (B,H,W) int64 class ids with IGNORE_INDEX for ignored
+        pixels. Training-free methods do not implement it."""
         raise OvbenchError(f"{self.method_name or type(self).__name__} is training-free and has no loss")
 
     def forward(self, images: Tensor, targets: Tensor, vocabulary: Vocabulary) -> dict[str, Tensor]:

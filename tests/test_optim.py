@@ -124,3 +124,15 @@ def test_epochs_visit_every_sample_once():
 def test_batch_must_split_evenly():
     with pytest.raises(ConfigError, match="not divisible"):
         PositionBatches(0, 5, global_batch=6, grad_accum=4, rank=0, world_size=1)
+
+
+def test_targets_carry_the_canonical_ignore_value():
+    from ovbench.interface import IGNORE_INDEX
+
+    dataset = ToylandDataset("toyland-train", num_images=4)  # ignores its class 0 ("background")
+    samples = TrainSamples(dataset, None, seed=0)
+    for position in range(4):
+        raw = dataset[samples.index_of(position)]["mask"]
+        _, target = samples[position]
+        assert torch.equal(target == IGNORE_INDEX, torch.from_numpy(raw == dataset.ignore_index))
+        assert not bool((target == 0).any())

@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ovbench.data.base import SegmentationDataset
 from ovbench.errors import ConfigError, DataError
+from ovbench.interface import IGNORE_INDEX
 
 Transform = Callable[[np.ndarray, np.ndarray, np.random.Generator], tuple[np.ndarray, np.ndarray]]
 
@@ -49,6 +50,8 @@ class TrainSamples(Dataset):
         image, mask = sample["image"], sample["mask"]
         if self.transform is not None:
             image, mask = self.transform(image, mask, np.random.default_rng([self.seed, _AUGMENT_STREAM, position]))
+        # one ignore value for every adapter, whatever the dataset's own (label padding included)
+        mask = np.where(mask == self.dataset.ignore_index, IGNORE_INDEX, mask)
         return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1), torch.from_numpy(np.ascontiguousarray(mask))
 
 
