@@ -303,6 +303,15 @@ def benchmarks_command() -> None:
     stdout_console.print(table)
 
 
+def _mount_data_commands() -> None:
+    from ovbench.cli_data import data_app
+
+    app.add_typer(data_app, name="data", help="Datasets: check, info, prepare raw releases, where to get them.")
+
+
+_mount_data_commands()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point: user errors become one line on stderr and exit code 1."""
     try:

@@ -218,7 +218,9 @@ def _toyland_splits() -> tuple[str, ...]:
 
 
 def dataset_names() -> list[str]:
-    return sorted(set(_toyland_splits()) | set(_config_files("datasets")))
+    from ovbench.data.catalog import dataset_names as catalog_dataset_names
+
+    return sorted(set(_toyland_splits()) | set(catalog_dataset_names()))
 
 
 def resolve_data_root(data_root: str | Path | None) -> Path | None:
@@ -229,27 +231,16 @@ def resolve_data_root(data_root: str | Path | None) -> Path | None:
 
 
 def build_dataset(name: str, data_root: str | Path | None = None):
-    """A dataset by registered name, or by the path of a dataset spec YAML."""
+    """A dataset by name: a toyland split, a catalog name (`configs/datasets/`, optionally with
+    parameters such as `landdiscover50k:size=10000,seed=1` or `:list=FILE`), an official
+    registration name, or the path of a dataset spec YAML."""
     if name in _toyland_splits():
         from ovbench.data.toyland import ToylandDataset
 
         return ToylandDataset(name)
-    from ovbench.data.folder import FolderDataset, FolderDatasetSpec
+    from ovbench.data.catalog import build_dataset as build_catalog_dataset
 
-    files = _config_files("datasets")
-    if name in files:
-        path = files[name]
-    elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        path = Path(name)
-    else:
-        raise _unknown("dataset", name, dataset_names())
-    raw = load_yaml(path)
-    raw.setdefault("name", path.stem)
-    spec = build_dataclass(FolderDatasetSpec, raw, f"dataset {path.stem}")
-    root = resolve_data_root(data_root)
-    if root is None:
-        raise DataError(f"dataset {spec.name} needs its data: pass --data-root DIR or set OVBENCH_DATA")
-    return FolderDataset(spec, root)
+    return build_catalog_dataset(name, resolve_data_root(data_root))
 
 
 # --------------------------------------------------------------------------- benchmarks
