@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ovbench.config import build_dataclass, configs_dir, deep_merge, load_yaml, to_plain
-from ovbench.errors import ConfigError, DataError, OvbenchError, RegistryError
+from ovbench.errors import ConfigError, OvbenchError, RegistryError
 from ovbench.engine.trainer import TrainConfig
 from ovbench.eval.inference import InferenceConfig, build_inference
 

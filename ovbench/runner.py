@@ -313,6 +313,9 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
                              "train_set": train_set_name if protocol.train else None, "seed": request.seed,
                              "checkpoint": request.checkpoint}
             atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved_dict, sort_keys=False))
+            if train_set is not None and hasattr(train_set, "save_file_list"):
+                # seeded subsets are not published anywhere: the run keeps the exact stems it saw
+                train_set.save_file_list(run_dir / "train_files.txt")
         else:
             resolved_dict = {}
 

@@ -240,3 +240,23 @@ def test_gradient_accumulation_matches_the_full_batch(isolated_home, capsys):
     a, b = final_weights(isolated_home / "runs" / "full"), final_weights(isolated_home / "runs" / "accum")
     worst = max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
     assert worst < 1e-4, worst
+
+
+def test_seeded_training_subset_is_saved_with_the_run(isolated_home, capsys, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "data"
+    (root / "LandDiscover50K" / "TR_Image").mkdir(parents=True)
+    (root / "LandDiscover50K" / "GT_ID").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(root / "LandDiscover50K" / "TR_Image" / f"img{i}.png")
+        Image.fromarray(rng.integers(0, 40, (80, 80), dtype=np.uint8)).save(root / "LandDiscover50K" / "GT_ID" / f"img{i}.png")
+    args = ["run", "--method", METHOD, "--benchmark", "toyland", "--train-set", "landdiscover50k:size=3,seed=1",
+            "--data-root", str(root), "-q", "train.iters=3"]
+    assert main([*args, "--run-id", "subset"]) == 0, capsys.readouterr().err
+    saved = (isolated_home / "runs" / "subset" / "train_files.txt").read_text().split()
+    assert len(saved) == 3 and set(saved) <= {f"img{i}" for i in range(6)}
+    rows = records(isolated_home)
+    assert {r["train_set"] for r in rows} == {"landdiscover50k:size=3,seed=1"} and {r["train_size"] for r in rows} == {3}
