@@ -470,3 +470,38 @@ def test_listing_50k_files_is_fast_and_decodes_nothing(tmp_path):
     assert listed < 0.2 * count / 10_000 and with_subset < 0.2 * count / 10_000
     with pytest.raises(DataError, match="cannot decode image"):
         ds[0]
+
+
+# --------------------------------------------------------------------------- data check on every set
+
+
+def _expected_histogram(masks: list[np.ndarray], num_classes: int) -> np.ndarray:
+    counts = np.zeros(num_classes, dtype=np.int64)
+    for mask in masks:
+        values, hits = np.unique(mask, return_counts=True)
+        for value, hit in zip(values, hits):
+            if value < num_classes:
+                counts[value] += hit
+    return counts
+
+
+@pytest.mark.parametrize("name", sorted(EVAL_SETS) + ["landdiscover50k"] + sorted(LD_DERIVED))
+def test_data_check_passes_on_every_clean_dataset_with_exact_histogram(tmp_path, name):
+    from ovbench.data.check import check_dataset
+
+    if name in EVAL_SETS:
+        written = write_eval_set(tmp_path, name)
+    else:
+        written = write_landdiscover(tmp_path)
+        if name in LD_DERIVED:
+            folder = tmp_path / LD_DERIVED[name]
+            folder.mkdir()
+            for stem in LD_STEMS[::2]:
+                os.link(tmp_path / "LandDiscover50K/TR_Image" / f"{stem}.png", folder / f"{stem}.png")
+            written = {stem: written[stem] for stem in LD_STEMS[::2]}
+    dataset = build_dataset(name, tmp_path)
+    report = check_dataset(dataset)
+    assert report.ok, report.counts
+    assert report.pairs == report.decoded_pairs == len(written)
+    expected = _expected_histogram([mask for _, mask in written.values()], len(dataset.class_names))
+    np.testing.assert_array_equal(report.class_pixels, expected)
