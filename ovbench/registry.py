@@ -25,6 +25,7 @@ ENTRY_POINT_GROUP = "ovbench.adapters"
 
 #: adapter name -> "module:Class"; imported only when used, so listing methods stays fast
 BUILTIN_ADAPTERS: dict[str, str] = {
+    "catseg": "adapters.catseg:CatSegSegmenter",
     "clip-dense": "adapters.clip_dense:ClipDenseSegmenter",
 }
 

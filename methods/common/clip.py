@@ -10,7 +10,9 @@ open-vocabulary methods recombine, instead of the pooled image embedding CLIP re
   attention mask, collecting chosen block outputs (CAT-Seg/GSNet guidance, SAN/EBSeg reruns);
 - `dense_last_block`: the last block with its attention replaced by a value path
   (MaskCLIP, CAT-Seg variants; see `LAST_BLOCK_MODES`);
-- `project`: ln_post + proj on every token, the way CLIP treats its pooled CLS token.
+- `project`: ln_post + proj on every token, the way CLIP treats its pooled CLS token;
+- `encode_resized`: the cost-volume methods' input path (CAT-Seg, GSNet): normalise, pad to a
+  multiple, stretch to a fixed CLIP resolution, then the dense pass (`forward_pixels`).
 
 Block indices are 0-based: block ``i`` is ``visual.transformer.resblocks[i]`` and its
 "output" is the token sequence after it.
@@ -59,6 +61,10 @@ class DenseImageFeatures:
     grid: tuple[int, int]
     block_maps: dict[int, Tensor] = field(default_factory=dict)
     block_cls: dict[int, Tensor] = field(default_factory=dict)
+    #: `encode_resized` only: the (h, w) of the input and of the padded canvas that was
+    #: stretched to the CLIP resolution; the feature grid covers the padded canvas.
+    image_size: tuple[int, int] | None = None
+    padded_size: tuple[int, int] | None = None
 
 
 def qkv_projections(attn: nn.Module) -> tuple[tuple[Tensor, Tensor | None], ...]:
@@ -124,6 +130,8 @@ class ClipImageEncoder(nn.Module):
         std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
         self.register_buffer("pixel_std", std, persistent=False)
+        # The resized table of a frozen pos-embed is a constant: keep the last one.
+        self._pos_cache: tuple[tuple, Tensor] | None = None
 
     # ----------------------------------------------------------------- geometry
     @property
@@ -188,11 +196,29 @@ class ClipImageEncoder(nn.Module):
 
     # ------------------------------------------------------------------ tokens
     def positional_embedding(self, grid: tuple[int, int]) -> Tensor:
-        """The (1 + h*w, C) positional embedding for a patch grid; bicubic resize, CLS row kept."""
+        """The (1 + h*w, C) positional embedding for a patch grid; bicubic resize, CLS row kept.
+
+        The resize runs here, inside the forward, so a trainable table keeps its gradient;
+        for a frozen table the result is cached until the table's values change.
+        """
         table = self.visual.positional_embedding
         pretrained = self.pretrained_grid
         if tuple(grid) == pretrained:
             return table
+        if table.requires_grad:
+            return self._resize_positional_embedding(table, pretrained, grid)
+        # _version moves on every in-place write (load_state_dict, optimiser steps); a table
+        # made under inference_mode must not leak into autograd-enabled code.
+        key = (
+            tuple(grid), table.data_ptr(), table._version, table.device, table.dtype, torch.is_inference_mode_enabled()
+        )
+        if self._pos_cache is None or self._pos_cache[0] != key:
+            with torch.no_grad():
+                self._pos_cache = (key, self._resize_positional_embedding(table, pretrained, grid))
+        return self._pos_cache[1]
+
+    @staticmethod
+    def _resize_positional_embedding(table: Tensor, pretrained: tuple[int, int], grid: tuple[int, int]) -> Tensor:
         cls_row, patch_rows = table[:1], table[1:]
         patch_rows = patch_rows.reshape(1, pretrained[0], pretrained[1], -1).permute(0, 3, 1, 2)
         # Bicubic in float32: half-precision bicubic is unsupported on some devices.
@@ -280,11 +306,19 @@ class ClipImageEncoder(nn.Module):
         `block_indices` selects block outputs to return as maps (ordinary blocks; asking for
         the last block gives its ordinary attention output, computed besides the dense one).
         """
+        return self.forward_pixels(self.fit_to_patches(self.normalize(images)), last_block, block_indices)
+
+    def forward_pixels(
+        self,
+        pixels: Tensor,
+        last_block: str = "maskclip",
+        block_indices: Collection[int] = (),
+    ) -> DenseImageFeatures:
+        """`forward` on already normalised pixels whose sides are multiples of the patch size."""
         last = self.num_blocks - 1
         for index in block_indices:
             if not 0 <= index <= last:
                 raise DenseClipError(f"block index {index} outside 0..{last}")
-        pixels = self.fit_to_patches(self.normalize(images))
         tokens, grid = self.embed(pixels)
         tokens, collected = self.run_blocks(tokens, 0, last, collect=block_indices)
         if last in block_indices:
@@ -297,3 +331,42 @@ class ClipImageEncoder(nn.Module):
             block_maps={i: self.tokens_to_map(t, grid) for i, t in collected.items()},
             block_cls={i: t[:, 0] for i, t in collected.items()},
         )
+
+    def encode_resized(
+        self,
+        images: Tensor,
+        size: tuple[int, int],
+        pad_multiple: int = 0,
+        last_block: str = "catseg",
+        block_indices: Collection[int] = (),
+    ) -> DenseImageFeatures:
+        """The CAT-Seg / GSNet image path: (N,3,h,w) 0..255 -> dense features at a fixed size.
+
+        Normalise, zero-pad bottom/right (i.e. with the mean colour) to a multiple of
+        `pad_multiple` like detectron2's ImageList, stretch bilinearly to `size` (the CLIP
+        resolution, e.g. 384 x 384), then the dense pass. The grid covers the padded canvas;
+        `image_size` / `padded_size` in the result say which part of it holds the image.
+        """
+        height, width = int(images.shape[-2]), int(images.shape[-1])
+        pixels = pad_to_multiple(self.normalize(images), pad_multiple)
+        padded = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        patch_h, patch_w = self.patch_size
+        if size[0] % patch_h or size[1] % patch_w:
+            raise DenseClipError(f"CLIP input size {tuple(size)} is not a multiple of the patch size {self.patch_size}")
+        if padded != tuple(size):
+            pixels = F.interpolate(pixels, size=tuple(size), mode="bilinear", align_corners=False)
+        features = self.forward_pixels(pixels, last_block, block_indices)
+        features.image_size = (height, width)
+        features.padded_size = padded
+        return features
+
+
+def pad_to_multiple(pixels: Tensor, multiple: int) -> Tensor:
+    """Zero-pad (N,C,H,W) on the bottom and right up to the next multiple of `multiple` (0: none)."""
+    if multiple <= 0:
+        return pixels
+    height, width = pixels.shape[-2:]
+    pad_h, pad_w = (-height) % multiple, (-width) % multiple
+    if not pad_h and not pad_w:
+        return pixels
+    return F.pad(pixels, (0, pad_w, 0, pad_h))

@@ -140,3 +140,106 @@ class ClassEmbeddingCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+# ------------------------------------------------------------------ trainable text towers
+#: How a class with synonyms ("a, b") becomes prompts when the text tower is fine-tuned:
+#: - "first": only its first name (CAT-Seg / GSNet official);
+#: - "average": every name, embeddings averaged within each template, then L2-normalised.
+SYNONYM_MODES: tuple[str, ...] = ("first", "average")
+
+
+def template_prompts(
+    classes: ClassNames, templates: Sequence[str], synonyms: str = "first"
+) -> tuple[list[str], Tensor]:
+    """Prompts for a (T, P) grid of (class, template) cells, and each prompt's cell index.
+
+    Cell ``t * P + p`` holds class t under template p; with ``synonyms="average"`` it owns
+    one prompt per name of the class, otherwise exactly one (the first name).
+    """
+    if synonyms not in SYNONYM_MODES:
+        raise ValueError(f"unknown synonym mode {synonyms!r}; expected one of {', '.join(SYNONYM_MODES)}")
+    if not templates:
+        raise ValueError("no prompt templates given")
+    prompts: list[str] = []
+    cells: list[int] = []
+    for class_index, names in enumerate(classes):
+        if isinstance(names, str) or not names:
+            raise ValueError(f"class {class_index}: expected a non-empty sequence of names, got {names!r}")
+        used = names if synonyms == "average" else names[:1]
+        for template_index, template in enumerate(templates):
+            for name in used:
+                prompts.append(template.format(name))
+                cells.append(class_index * len(templates) + template_index)
+    return prompts, torch.tensor(cells, dtype=torch.long)
+
+
+class TemplateClassEncoder:
+    """Class embeddings (T, P, D) of a text tower that may be fine-tuned (CAT-Seg, GSNet).
+
+    One embedding per (class, template), L2-normalised, so P templates give P cost-volume
+    channels. Token ids are cached per vocabulary (tokenising is pure string work); the
+    encoder itself runs with gradients on every call made with ``cache=False`` (training,
+    where its q/v weights change each step). With ``cache=True`` (evaluation) embeddings are
+    cached per vocabulary; call `clear_embeddings` whenever the tower's weights change.
+    Not an `nn.Module`: the caller owns the text tower and passes it in.
+    """
+
+    def __init__(
+        self, tokenizer: Tokenizer, templates: Sequence[str], synonyms: str = "first", max_entries: int = 8
+    ) -> None:
+        if synonyms not in SYNONYM_MODES:
+            raise ValueError(f"unknown synonym mode {synonyms!r}; expected one of {', '.join(SYNONYM_MODES)}")
+        if not templates:
+            raise ValueError("no prompt templates given")
+        self.tokenizer = tokenizer
+        self.templates = tuple(templates)
+        self.synonyms = synonyms
+        self._tokens = ClassEmbeddingCache(max_entries)
+        self._embeddings = ClassEmbeddingCache(max_entries)
+
+    @property
+    def num_templates(self) -> int:
+        return len(self.templates)
+
+    def key(self, classes: ClassNames) -> tuple:
+        return ClassEmbeddingCache.cache_key(classes, self.templates) + (self.synonyms,)
+
+    def tokens(self, classes: ClassNames, device: torch.device | str) -> tuple[Tensor, Tensor]:
+        """(prompt token ids (N, L), cell index of each prompt (N,)) on `device`, cached."""
+        key = self.key(classes) + (str(device),)
+
+        def compute() -> Tensor:
+            prompts, cells = template_prompts(classes, self.templates, self.synonyms)
+            ids = self.tokenizer(prompts)
+            # One tensor holds both, so the cache stores a single entry per vocabulary.
+            return torch.cat([ids, cells.unsqueeze(1).to(ids.dtype)], dim=1).to(device)
+
+        packed = self._tokens.get_or_compute(key, compute)
+        return packed[:, :-1], packed[:, -1]
+
+    def encode(self, encoder: nn.Module, classes: ClassNames) -> Tensor:
+        """(T, P, D) L2-normalised embeddings, computed now (with gradients if enabled)."""
+        if not classes:
+            raise ValueError("no classes given")
+        device = next(encoder.parameters()).device
+        tokens, cells = self.tokens(classes, device)
+        embeddings = F.normalize(encoder(tokens).float(), dim=-1)
+        num_cells = len(classes) * self.num_templates
+        if embeddings.shape[0] != num_cells:
+            sums = torch.zeros(num_cells, embeddings.shape[-1], device=device).index_add_(0, cells, embeddings)
+            embeddings = F.normalize(sums / torch.bincount(cells, minlength=num_cells).unsqueeze(1), dim=-1)
+        return embeddings.view(len(classes), self.num_templates, -1)
+
+    def __call__(self, encoder: nn.Module, classes: ClassNames, cache: bool = False) -> Tensor:
+        if not cache:
+            return self.encode(encoder, classes)
+
+        def compute() -> Tensor:
+            with torch.no_grad():
+                return self.encode(encoder, classes)
+
+        return self._embeddings.get_or_compute(self.key(classes), compute)
+
+    def clear_embeddings(self) -> None:
+        self._embeddings.clear()

@@ -1,0 +1,344 @@
+"""CAT-Seg (Cho et al., CVPR 2024), the CLIP-only version that also tunes the text encoder.
+
+Reference: catseg.md; official code cvlab-kaist/CAT-Seg at 6d3a188. Pipeline at full scale
+(ViT-B/16, T classes, batch B):
+
+1. CLIP image path (`ClipImageEncoder.encode_resized`): CLIP mean/std, zero-pad to a multiple
+   of 32, bilinear to 384^2, pos-embed bicubic 14^2 -> 24^2, blocks 1-11, the dense last
+   block ("catseg" mode), ln_post + proj on every token, CLS dropped -> (B, 512, 24, 24).
+   Outputs of blocks 4 and 8 (``resblocks[3]``, ``[7]``) -> `upsample1` ConvT(768->256, k2 s2)
+   and `upsample2` ConvT(768->128, k4 s4): decoder guidance at 48^2 and 96^2.
+2. Text: "A photo of a {} in the scene", first synonym, encoded with gradients every
+   training step (its q/v weights train), cached per vocabulary in evaluation -> (B, T, P, 512).
+3. Head (`CatSegAggregator`, the official ``sem_seg_head.predictor.transformer``): cosine
+   cost volume -> conv1 7x7 per class -> 2 aggregator layers -> Up1, Up2, head ->
+   logits (B, T, 96, 96).
+
+Both CLIP towers use split q/k/v attention; only q and v weights train (at 0.01x the rate).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import open_clip
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder
+from methods.common.clip_loading import _looks_like_file, create_clip, create_tokenizer
+from methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
+from methods.common.cost_aggregation import (
+    MASKED_LOGIT,
+    AggregatorLayer,
+    Up,
+    cosine_cost_volume,
+    embed_cost_volume,
+    gather_classes,
+    per_pixel_bce_loss,
+    scatter_classes,
+    select_top_classes,
+)
+from methods.common.prompts import get_templates, validate_templates
+from methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
+
+
+class CatSegConfigError(ValueError):
+    """Settings that do not describe a valid CAT-Seg model."""
+
+
+class CatSegAggregator(nn.Module):
+    """Cost aggregation and upsampling decoder (official `Aggregator`); names match its keys.
+
+    forward(image features (B, C, h, w), text (B, T, P, C), guidance [appearance (B, C, h, w),
+    decoder 1 (B, g1, 2h, 2w), decoder 2 (B, g2, 4h, 4w)]) -> logits (B, T, 4h, 4w).
+
+    With T > `pad_len` > 0 only the `pad_len` classes of highest raw cosine in each image are
+    aggregated; the others get logit -100 (official). `pad_len` 0 disables padding and pruning.
+    """
+
+    def __init__(
+        self,
+        *,
+        text_guidance_dim: int = 512,
+        text_guidance_proj_dim: int = 128,
+        appearance_guidance_dim: int = 512,
+        appearance_guidance_proj_dim: int = 128,
+        decoder_dims: Sequence[int] = (64, 32),
+        decoder_guidance_dims: Sequence[int] = (256, 128),
+        decoder_guidance_proj_dims: Sequence[int] = (32, 16),
+        num_layers: int = 2,
+        num_heads: int = 4,
+        hidden_dim: int = 128,
+        pooling_sizes: Sequence[int] | None = (2, 2),
+        eval_pooling_sizes: Sequence[int] | None = (1, 1),
+        feature_resolution: Sequence[int] = (24, 24),
+        window_size: int = 12,
+        attention_type: str = "linear",
+        prompt_channel: int = 1,
+        pad_len: int = 256,
+    ) -> None:
+        super().__init__()
+        if len(decoder_dims) != 2 or len(decoder_guidance_dims) != 2 or len(decoder_guidance_proj_dims) != 2:
+            raise CatSegConfigError("decoder_dims, decoder_guidance_dims and decoder_guidance_proj_dims need two entries each")
+        if num_layers < 1:
+            raise CatSegConfigError(f"num_layers must be at least 1, got {num_layers}")
+        self.hidden_dim = hidden_dim
+        self.pad_len = pad_len
+        self.layers = nn.ModuleList(
+            AggregatorLayer(
+                hidden_dim=hidden_dim,
+                text_guidance_dim=text_guidance_proj_dim,
+                appearance_guidance_dim=appearance_guidance_proj_dim,
+                num_heads=num_heads,
+                resolution=tuple(feature_resolution),
+                window_size=window_size,
+                pooling_size=pooling_sizes,
+                eval_pooling_size=eval_pooling_sizes,
+                attention_type=attention_type,
+                pad_len=pad_len,
+            )
+            for _ in range(num_layers)
+        )
+        self.conv1 = nn.Conv2d(prompt_channel, hidden_dim, kernel_size=7, stride=1, padding=3)
+        self.guidance_projection = (
+            nn.Sequential(nn.Conv2d(appearance_guidance_dim, appearance_guidance_proj_dim, 3, padding=1), nn.ReLU())
+            if appearance_guidance_dim > 0
+            else None
+        )
+        self.text_guidance_projection = (
+            nn.Sequential(nn.Linear(text_guidance_dim, text_guidance_proj_dim), nn.ReLU()) if text_guidance_dim > 0 else None
+        )
+        use_decoder_guidance = decoder_guidance_dims[0] > 0
+        self.decoder_guidance_projection = (
+            nn.ModuleList(
+                nn.Sequential(nn.Conv2d(d, p, 3, padding=1), nn.ReLU())
+                for d, p in zip(decoder_guidance_dims, decoder_guidance_proj_dims)
+            )
+            if use_decoder_guidance
+            else None
+        )
+        guidance_widths = tuple(decoder_guidance_proj_dims) if use_decoder_guidance else (0, 0)
+        self.decoder1 = Up(hidden_dim, decoder_dims[0], guidance_widths[0])
+        self.decoder2 = Up(decoder_dims[0], decoder_dims[1], guidance_widths[1])
+        self.head = nn.Conv2d(decoder_dims[1], 1, kernel_size=3, stride=1, padding=1)
+
+    def decode(self, x: Tensor, guidance: Sequence[Tensor | None]) -> Tensor:
+        """(B, C, T, h, w) aggregated cost -> (B, T, 4h, 4w) logits."""
+        batch, _, classes = x.shape[:3]
+        per_class = x.transpose(1, 2).flatten(0, 1)
+        per_class = self.decoder1(per_class, guidance[0])
+        per_class = self.decoder2(per_class, guidance[1])
+        return self.head(per_class).view(batch, classes, *per_class.shape[-2:])
+
+    def forward(self, image_features: Tensor, text_features: Tensor, guidance: Sequence[Tensor]) -> Tensor:
+        num_classes = text_features.shape[1]
+        cost = cosine_cost_volume(image_features, text_features)
+        kept = None
+        if 0 < self.pad_len < num_classes:
+            kept = select_top_classes(cost, self.pad_len)
+            text_features = gather_classes(F.normalize(text_features, dim=-1), kept)
+            cost = gather_classes(cost, kept, dim=2)
+        embedded = embed_cost_volume(cost, self.conv1)
+
+        appearance = self.guidance_projection(guidance[0]) if self.guidance_projection is not None else None
+        decoder_guidance: list[Tensor | None] = [None, None]
+        if self.decoder_guidance_projection is not None:
+            decoder_guidance = [proj(g) for proj, g in zip(self.decoder_guidance_projection, guidance[1:])]
+        text_guidance = None
+        if self.text_guidance_projection is not None:
+            text_guidance = self.text_guidance_projection(F.normalize(text_features.mean(dim=-2), dim=-1))
+
+        for layer in self.layers:
+            embedded = layer(embedded, appearance, text_guidance)
+        logits = self.decode(embedded, decoder_guidance)
+        if kept is not None:
+            logits = scatter_classes(logits, kept, num_classes, MASKED_LOGIT)
+        return logits
+
+
+class CatSegModel(nn.Module):
+    """CAT-Seg: split-q/k/v CLIP + upsamplers + `CatSegAggregator` (see module docstring).
+
+    State-dict names: ``image_encoder.visual.*`` and ``text_encoder.*`` are the official
+    ``sem_seg_head.predictor.clip_model.{visual.*, <text tower>}``; ``transformer.*`` is
+    ``sem_seg_head.predictor.transformer.*``; ``upsample1/2`` are top-level in both.
+
+    Args:
+        clip: an open_clip CLIP (ViT image tower); converted to split q/k/v in place.
+        tokenizer: prompt strings -> token ids.
+        templates: prompt templates (P cost channels).
+        image_size: the CLIP input (h, w) every view is stretched to.
+        pad_multiple: zero-padding multiple applied before the stretch (0: none).
+        guidance_blocks: the two block indices whose outputs feed `upsample1` / `upsample2`.
+        last_block: dense last-block mode (`LAST_BLOCK_MODES`).
+        clip_finetune: `CLIP_FINETUNE_MODES` ("attention" = q/v weights of both towers).
+        synonyms: "first" (official) or "average".
+        head: keyword arguments of `CatSegAggregator` besides the guidance widths and
+            resolution, which are derived from CLIP and `image_size`.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Tokenizer,
+        templates: Sequence[str],
+        *,
+        image_size: Sequence[int] = (384, 384),
+        pad_multiple: int = 32,
+        guidance_blocks: Sequence[int] = (3, 7),
+        last_block: str = "catseg",
+        clip_finetune: str = "attention",
+        synonyms: str = "first",
+        **head: Any,
+    ) -> None:
+        super().__init__()
+        if last_block not in LAST_BLOCK_MODES:
+            raise CatSegConfigError(f"unknown last_block {last_block!r}; expected one of {', '.join(LAST_BLOCK_MODES)}")
+        if clip_finetune not in CLIP_FINETUNE_MODES:
+            raise CatSegConfigError(f"unknown clip_finetune {clip_finetune!r}; expected one of {', '.join(CLIP_FINETUNE_MODES)}")
+        if synonyms not in SYNONYM_MODES:
+            raise CatSegConfigError(f"unknown synonyms mode {synonyms!r}; expected one of {', '.join(SYNONYM_MODES)}")
+        split_qkv_attention(clip)
+        set_clip_finetuning(clip, clip_finetune)
+        self.image_encoder = ClipImageEncoder(clip.visual)
+        self.text_encoder = ClipTextEncoder(clip)
+        self.templates = validate_templates(templates)
+        self.class_encoder = TemplateClassEncoder(tokenizer, self.templates, synonyms)
+
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        patch_h, patch_w = self.image_encoder.patch_size
+        if self.image_size[0] % patch_h or self.image_size[1] % patch_w:
+            raise CatSegConfigError(f"image_size {self.image_size} is not a multiple of the patch size {(patch_h, patch_w)}")
+        self.feature_resolution = (self.image_size[0] // patch_h, self.image_size[1] // patch_w)
+        expected = head.pop("feature_resolution", None)
+        if expected is not None and tuple(expected) != self.feature_resolution:
+            raise CatSegConfigError(
+                f"feature_resolution {tuple(expected)} does not match image_size {self.image_size} / patch "
+                f"{(patch_h, patch_w)} = {self.feature_resolution}"
+            )
+        self.pad_multiple = int(pad_multiple)
+        last = self.image_encoder.num_blocks - 1
+        self.guidance_blocks = tuple(int(b) for b in guidance_blocks)
+        if len(self.guidance_blocks) != 2 or not all(0 <= b < last for b in self.guidance_blocks):
+            raise CatSegConfigError(f"guidance_blocks must be two block indices in 0..{last - 1}, got {list(guidance_blocks)}")
+        self.last_block = last_block
+
+        decoder_guidance_dims = tuple(head.pop("decoder_guidance_dims", (256, 128)))
+        width, embed_dim = self.image_encoder.width, self.image_encoder.output_dim
+        self.upsample1 = nn.ConvTranspose2d(width, decoder_guidance_dims[0], kernel_size=2, stride=2)
+        self.upsample2 = nn.ConvTranspose2d(width, decoder_guidance_dims[1], kernel_size=4, stride=4)
+        self.transformer = CatSegAggregator(
+            text_guidance_dim=embed_dim,
+            appearance_guidance_dim=embed_dim,
+            decoder_guidance_dims=decoder_guidance_dims,
+            feature_resolution=self.feature_resolution,
+            prompt_channel=len(self.templates),
+            **head,
+        )
+        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
+
+    # ---------------------------------------------------------------- parameters
+    def clip_parameters(self) -> list[nn.Parameter]:
+        """Trainable CLIP parameters (q/v weights with the official setting)."""
+        towers = list(self.image_encoder.parameters()) + list(self.text_encoder.parameters())
+        return [p for p in towers if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters outside CLIP: upsamplers and the aggregator."""
+        clip_ids = {id(p) for p in self.image_encoder.parameters()} | {id(p) for p in self.text_encoder.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in clip_ids]
+
+    # ---------------------------------------------------------------------- text
+    def train(self, mode: bool = True) -> "CatSegModel":
+        # Cached evaluation embeddings go stale as soon as training changes the text tower.
+        if mode:
+            self.class_encoder.clear_embeddings()
+        return super().train(mode)
+
+    def clear_text_cache(self) -> None:
+        self.class_encoder.clear_embeddings()
+
+    def class_embeddings(self, classes: ClassNames) -> Tensor:
+        """(T, P, D) L2-normalised; re-encoded with gradients in training, cached in evaluation."""
+        return self.class_encoder(self.text_encoder, classes, cache=not self.training)
+
+    # ------------------------------------------------------------------- forward
+    def forward(self, images: Tensor, classes: ClassNames) -> Tensor:
+        """(B, 3, h, w) RGB 0..255 -> (B, T, h', w') logits over the image (4x the CLIP grid)."""
+        features = self.image_encoder.encode_resized(
+            images, self.image_size, self.pad_multiple, self.last_block, self.guidance_blocks
+        )
+        dense = features.dense.float()
+        if self.training and self.last_block != "attention":
+            dense = attach_zero_grad(dense, self.image_encoder.blocks[-1].attn.q_proj_weight)
+        guidance = [
+            dense,
+            self.upsample1(features.block_maps[self.guidance_blocks[0]].float()),
+            self.upsample2(features.block_maps[self.guidance_blocks[1]].float()),
+        ]
+        text = self.class_embeddings(classes).to(dense.device)
+        text = text.unsqueeze(0).expand(dense.shape[0], -1, -1, -1)
+        logits = self.transformer(dense, text, guidance)
+        return _crop_to_image(logits, features.image_size, features.padded_size)
+
+    def loss(
+        self, images: Tensor, targets: Tensor, classes: ClassNames, ignore_index: int = 255, mask_ignored: bool = False
+    ) -> Tensor:
+        """Per-pixel BCE of the logits upsampled to the targets' size (common-blocks section 7)."""
+        return per_pixel_bce_loss(self(images, classes), targets, ignore_index, mask_ignored)
+
+
+def _crop_to_image(logits: Tensor, image_size: tuple[int, int] | None, padded_size: tuple[int, int] | None) -> Tensor:
+    """Logits over the padded canvas -> logits over the image part only."""
+    if image_size is None or padded_size is None or image_size == padded_size:
+        return logits
+    canvas = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
+    return canvas[..., : image_size[0], : image_size[1]]
+
+
+def _clear_text_cache_after_load(module: CatSegModel, incompatible_keys: Any) -> None:
+    module.clear_text_cache()
+
+
+def build_catseg_model(
+    arch: str = "ViT-B-16",
+    clip_weights: str | None = "openai",
+    model_config: Mapping[str, Any] | None = None,
+    quick_gelu: bool | None = True,
+    templates: str | Sequence[str] = "single",
+    trusted: bool = False,
+    **kwargs: Any,
+) -> CatSegModel:
+    """Create the CLIP model (`create_clip`) and build CAT-Seg around it.
+
+    `quick_gelu` forces the MLP activation of a named architecture built without a
+    pretrained tag (random init or a weights file, see `set_mlp_activation`): OpenAI's CLIP
+    class, which the official code uses, has QuickGELU. Pretrained tags set their own; an
+    explicit `model_config` carries its own.
+    `templates` is a template-set name or a list of templates.
+    """
+    clip = create_clip(arch, clip_weights, model_config, trusted=trusted)
+    is_tag = clip_weights is not None and not _looks_like_file(clip_weights)
+    if model_config is None and quick_gelu is not None and not is_tag:
+        set_mlp_activation(clip, open_clip.transformer.QuickGELU if quick_gelu else nn.GELU)
+    tokenizer = create_tokenizer(arch, clip, model_config)
+    template_list = get_templates(templates) if isinstance(templates, str) else validate_templates(templates)
+    return CatSegModel(clip, tokenizer, template_list, **kwargs)
+
+
+def set_mlp_activation(clip: nn.Module, activation: type[nn.Module]) -> int:
+    """Use `activation` in every transformer MLP of `clip` (both towers); returns how many.
+
+    The activation holds no weights, so swapping it after loading is exact. This is how an
+    open_clip-format file loaded into a named architecture (RemoteCLIP, which the official
+    code loads into OpenAI's CLIP class) or a random-init named architecture gets QuickGELU,
+    without giving up the loader's shape inference for OpenAI `.pt` files.
+    """
+    swapped = 0
+    for module in clip.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, nn.Sequential) and hasattr(mlp, "gelu"):
+            mlp.gelu = activation()
+            swapped += 1
+    return swapped
