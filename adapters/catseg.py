@@ -18,6 +18,7 @@ from torch import Tensor
 from methods.catseg.model import CatSegConfigError, CatSegModel, build_catseg_model
 from methods.common.clip import LAST_BLOCK_MODES
 from methods.common.clip_loading import ClipConfigError, ClipLoadingError
+from methods.common.state_dict import state_dict_mismatch
 from methods.common.clip_qkv import CLIP_FINETUNE_MODES, SplitQKVError, split_packed_qkv
 from methods.common.cost_aggregation import ATTENTION_TYPES, CostAggregationError
 from methods.common.prompts import TEMPLATE_SETS, UnknownTemplateSetError
@@ -260,22 +261,9 @@ class CatSegSegmenter(OpenVocabSegmenter):
         for key in expected:
             if key.endswith(DERIVED_BUFFERS) and key not in state:
                 state[key] = expected[key]
-        missing = [key for key in expected if key not in state]
-        unexpected = [key for key in state if key not in expected]
-        mismatched = [
-            f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-            for key in expected
-            if key in state and isinstance(state[key], Tensor) and state[key].shape != expected[key].shape
-        ]
-        if missing or unexpected or mismatched:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-            if mismatched:
-                parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
-            raise CheckpointError(f"{source} does not fit catseg: " + "; ".join(parts))
+        mismatch = state_dict_mismatch(state, expected)
+        if mismatch:
+            raise CheckpointError(f"{source} does not fit catseg: {mismatch}")
         self.model.load_state_dict(state, strict=True)
 
 

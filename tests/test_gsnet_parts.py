@@ -277,8 +277,8 @@ def test_ripd_input_errors_are_one_line():
         with pytest.raises(DecoderInputError, match=message) as err:
             decoder(*args)
         assert "\n" not in str(err.value)
-    with pytest.raises(DecoderInputError, match="multiple of 16"):
-        RipdDecoder(decoder_dims=(64, 24))
+    with pytest.raises(ValueError, match="below 16"):  # GroupNorm(C/16) needs C >= 16
+        RipdDecoder(decoder_dims=(64, 8))
 
 
 # --------------------------------------------------------------------------- accounting

@@ -35,6 +35,8 @@ from typing import Any, Callable, Mapping
 
 import open_clip
 import torch
+
+from methods.common.state_dict import state_dict_mismatch
 from torch import Tensor, nn
 
 #: Entries OpenAI's checkpoints carry besides the weights.
@@ -231,22 +233,9 @@ def load_clip_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source
     expected = model.state_dict()
     if "logit_scale" in state and "logit_scale" in expected:
         state["logit_scale"] = state["logit_scale"].reshape(expected["logit_scale"].shape)
-    missing = [key for key in expected if key not in state]
-    unexpected = [key for key in state if key not in expected]
-    mismatched = [
-        f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-        for key in expected
-        if key in state and state[key].shape != expected[key].shape
-    ]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-        if mismatched:
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
-        raise ClipLoadingError(f"{source} does not fit {target}: " + "; ".join(parts))
+    mismatch = state_dict_mismatch(state, expected)
+    if mismatch:
+        raise ClipLoadingError(f"{source} does not fit {target}: {mismatch}")
     model.load_state_dict(state, strict=True)
 
 

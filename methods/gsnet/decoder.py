@@ -36,6 +36,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from methods.common.cost_aggregation import DoubleConv
+
 __all__ = ["DecoderInputError", "DoubleConv", "FusionUp", "RipdDecoder"]
 
 TRANSFORMER_PREFIX = "sem_seg_head.predictor.transformer."
@@ -43,27 +45,6 @@ TRANSFORMER_PREFIX = "sem_seg_head.predictor.transformer."
 
 class DecoderInputError(ValueError):
     """A decoder input or guidance map of the wrong shape, or a bad decoder setting."""
-
-
-class DoubleConv(nn.Module):
-    """(Conv3×3 without bias → GroupNorm(C/16) → ReLU) × 2, as `double_conv`."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        if out_channels % 16:
-            raise DecoderInputError(f"DoubleConv width {out_channels} is not a multiple of 16 (GroupNorm uses C/16 groups)")
-        groups = out_channels // 16
-        self.double_conv = nn.Sequential(
-            nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.GroupNorm(groups, out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, kernel_size=3, padding=1, bias=False),
-            nn.GroupNorm(groups, out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.double_conv(x)
 
 
 class FusionUp(nn.Module):
