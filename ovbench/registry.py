@@ -27,6 +27,7 @@ ENTRY_POINT_GROUP = "ovbench.adapters"
 BUILTIN_ADAPTERS: dict[str, str] = {
     "catseg": "adapters.catseg:CatSegSegmenter",
     "clip-dense": "adapters.clip_dense:ClipDenseSegmenter",
+    "gsnet": "adapters.gsnet:GsNetSegmenter",
 }
 
 
@@ -150,16 +151,27 @@ def method_names() -> list[str]:
     return sorted(set(_method_files()) | set(_entry_point_adapters()))
 
 
-def _raw_method_config(name: str) -> dict[str, Any]:
+def _raw_method_config(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A method's YAML as a dict; `inherit: OTHER` lays the file over OTHER's config
+    (deep-merged, so a variant states only what it changes, `scales:` included)."""
     files = _method_files()
     if name in files:
-        return load_yaml(files[name])
-    if name.endswith((".yaml", ".yml")) and Path(name).is_file():
-        return load_yaml(name)
-    if name in _entry_point_adapters():
+        raw = load_yaml(files[name])
+    elif name.endswith((".yaml", ".yml")) and Path(name).is_file():
+        raw = load_yaml(name)
+    elif name in _entry_point_adapters():
         cls = adapter_class(name)
         return deep_merge({"adapter": name}, dict(getattr(cls, "default_method_config", {}) or {}))
-    raise _unknown("method", name, method_names())
+    else:
+        raise _unknown("method", name, method_names())
+    parent = raw.pop("inherit", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str) or not parent:
+        raise ConfigError(f"method {name}: inherit must name one method, got {parent!r}")
+    if parent in _chain or parent == name:
+        raise ConfigError(f"method {name}: inherit cycle {' -> '.join((*_chain, name, parent))}")
+    return deep_merge(_raw_method_config(parent, (*_chain, name)), raw)
 
 
 def method_scales(name: str) -> list[str]:

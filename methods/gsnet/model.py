@@ -1,0 +1,489 @@
+"""GSNet (Ye, Zhuge, Zhang; AAAI 2025): the whole model, assembled from its parts.
+
+Reference: gsnet.md; official code yecy749/GSNet at aca7224 (`gs_net/GSNet.py`,
+`GSNetPredictor.py`, `RIPD.py`). Pipeline at full scale (T classes, batch B):
+
+1. One canvas for both image streams: CLIP-normalised pixels, zero-padded to a multiple of 32
+   (detectron2's ImageList), stretched bilinearly to each stream's input size.
+2. Generalist stream (CAT-Seg's CLIP path): split q/k/v OpenAI ViT-B/16 at 384², dense last
+   block → (B, 512, 24, 24); blocks 4 and 8 → `upsample1` ConvT(768→256, k2 s2) and
+   `upsample2` ConvT(768→128, k4 s4), the CLIP decoder guidance.
+3. Specialist stream (RSIB): frozen DINO ViT-B/8 at 384² on the *same CLIP-normalised* canvas
+   (official quirk #1; `dino_input_norm="imagenet"` is the clean option), every block read
+   after the final LayerNorm; `RsibProjections`: block 12 → `dino_down_sample` (B, 512, 24²),
+   blocks 4 and 8 → `dino_decod_proj1/2`, the RSIB decoder guidance.
+4. Text: "A photo of a {} in the scene", first synonym, encoded with gradients each training
+   step (its q/v weights train), cached per vocabulary in evaluation.
+5. `GsNetAggregator` (the official ``sem_seg_head.predictor.transformer``, class `RIPD`): two
+   cosine cost volumes fused by QGFF, two CAT-Seg aggregator layers (appearance guidance =
+   Conv3×3 on the CLIP map, or on the RSIB map when there is no CLIP image stream, as the
+   official code does for Table 3 row C), then the RIPD decoder → logits (B, T, 96, 96).
+
+Table 3 of the paper is a set of configurations of this one model: `use_clip` / a DINO or
+not (which image streams exist), `fusion_type` (how they meet the text), and
+`clip_decoder_guidance` / `rsib_decoder_guidance` (which streams the RIPD decoder integrates;
+the official DECODER_{CLIP,DINO}_GUIDANCE_DIMS set to 0). Where the official code builds a
+module only for some settings (upsamplers, RSIB projections, fusion convolutions), so does
+this one, so that state dicts keep the official layout in every row.
+
+Errors are `GsNetConfigError` (ValueError) with one line; the adapter translates them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods.catseg.model import set_mlp_activation
+from methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, pad_to_multiple
+from methods.common.clip_loading import _looks_like_file, create_clip, create_tokenizer
+from methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
+from methods.common.cost_aggregation import AggregatorLayer, per_pixel_bce_loss
+from methods.common.dino import DinoVisionTransformer, build_dino, resize_pos_embed
+from methods.common.prompts import get_templates, validate_templates
+from methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
+from methods.gsnet.decoder import RipdDecoder
+from methods.gsnet.fusion import FUSION_TYPES, CostFusion, RsibProjections, build_cost_fusion
+
+__all__ = [
+    "TWO_STREAM_FUSIONS",
+    "GsNetAggregator",
+    "GsNetConfigError",
+    "GsNetModel",
+    "build_gsnet_model",
+    "create_gsnet_clip",
+]
+
+#: Fusion designs that need both image streams (QGFF and the Table 3 rows E, F).
+TWO_STREAM_FUSIONS: tuple[str, ...] = ("query_guided", "simple_concatenation", "fusion_query")
+
+
+class GsNetConfigError(ValueError):
+    """Settings that do not describe a valid GSNet model."""
+
+
+def _pair(value: Sequence[int], what: str) -> tuple[int, int]:
+    pair = tuple(int(v) for v in value)
+    if len(pair) != 2 or min(pair) < 1:
+        raise GsNetConfigError(f"{what} must be two positive integers, got {list(value)}")
+    return pair  # type: ignore[return-value]
+
+
+class GsNetAggregator(nn.Module):
+    """Cost fusion, aggregation and the RIPD decoder (official `RIPD`, ``predictor.transformer``).
+
+    forward(CLIP map (B, C, h, w) or None, RSIB map (B, C, h, w) or None, text (B, T, P, C),
+    CLIP guidance pair or None, RSIB guidance pair or None) -> logits (B, T, 4h, 4w).
+
+    State-dict names below ``fusion.`` and ``decoder.`` are the official ones one level down
+    (the official module keeps `conv1`, `Fusiondecoder1`, ... directly; the adapter maps them).
+    Unlike CAT-Seg there is no top-k class pruning: the class axis is padded to `pad_len`
+    learned tokens when shorter, and left as it is when longer.
+    """
+
+    def __init__(
+        self,
+        *,
+        fusion_type: str = "query_guided",
+        feat_dim: int = 512,
+        prompt_channels: int = 1,
+        hidden_dim: int = 128,
+        text_guidance_proj_dim: int = 128,
+        appearance_guidance_proj_dim: int = 128,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        feature_resolution: Sequence[int] = (24, 24),
+        window_size: int = 12,
+        pooling_sizes: Sequence[int] | None = (2, 2),
+        eval_pooling_sizes: Sequence[int] | None = (1, 1),
+        attention_type: str = "linear",
+        pad_len: int = 256,
+        decoder_dims: Sequence[int] = (64, 32),
+        decoder_guidance_dims: Sequence[int] = (256, 128),
+        decoder_clip_guidance_proj_dims: Sequence[int] = (32, 16),
+        decoder_rsib_guidance_proj_dims: Sequence[int] = (32, 16),
+        clip_decoder_guidance: bool = True,
+        rsib_decoder_guidance: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise GsNetConfigError(f"num_layers must be at least 1, got {num_layers}")
+        self.fusion: CostFusion = build_cost_fusion(
+            fusion_type, feat_dim=feat_dim, hidden_dim=hidden_dim, prompt_channels=prompt_channels
+        )
+        # APPEARANCE_GUIDANCE_DIM / TEXT_GUIDANCE_DIM are the CLIP embedding width (512): the
+        # appearance map is the CLIP (or RSIB, row C) map the cost volume is computed from.
+        self.guidance_projection = nn.Sequential(
+            nn.Conv2d(feat_dim, appearance_guidance_proj_dim, kernel_size=3, stride=1, padding=1), nn.ReLU()
+        )
+        self.text_guidance_projection = nn.Sequential(nn.Linear(feat_dim, text_guidance_proj_dim), nn.ReLU())
+        self.layers = nn.ModuleList(
+            AggregatorLayer(
+                hidden_dim=hidden_dim,
+                text_guidance_dim=text_guidance_proj_dim,
+                appearance_guidance_dim=appearance_guidance_proj_dim,
+                num_heads=num_heads,
+                resolution=_pair(feature_resolution, "feature_resolution"),
+                window_size=window_size,
+                pooling_size=pooling_sizes,
+                eval_pooling_size=eval_pooling_sizes,
+                attention_type=attention_type,
+                pad_len=pad_len,
+            )
+            for _ in range(num_layers)
+        )
+        self.decoder = RipdDecoder(
+            hidden_dim=hidden_dim,
+            decoder_dims=tuple(decoder_dims),
+            decoder_guidance_dims=tuple(decoder_guidance_dims),
+            decoder_clip_guidance_proj_dims=tuple(decoder_clip_guidance_proj_dims),
+            decoder_dino_guidance_proj_dims=tuple(decoder_rsib_guidance_proj_dims),
+            use_clip_guidance=clip_decoder_guidance,
+            use_dino_guidance=rsib_decoder_guidance,
+        )
+
+    @property
+    def fusion_type(self) -> str:
+        return self.fusion.fusion_type
+
+    def forward(
+        self,
+        clip_feats: Tensor | None,
+        rsib_feats: Tensor | None,
+        text_feats: Tensor,
+        clip_guidance: Sequence[Tensor] | None = None,
+        rsib_guidance: Sequence[Tensor] | None = None,
+    ) -> Tensor:
+        embedded = self.fusion(clip_feats, rsib_feats, text_feats)
+        appearance_source = clip_feats if clip_feats is not None else rsib_feats
+        appearance = self.guidance_projection(appearance_source)
+        text_guidance = self.text_guidance_projection(F.normalize(text_feats.mean(dim=-2), dim=-1))
+        for layer in self.layers:
+            embedded = layer(embedded, appearance, text_guidance)
+        return self.decoder(embedded, clip_guidance, rsib_guidance)
+
+
+class GsNetModel(nn.Module):
+    """GSNet: split-q/k/v CLIP + frozen DINO RSIB + `GsNetAggregator` (see module docstring).
+
+    State-dict names (official in brackets): ``image_encoder.visual.*`` and ``text_encoder.*``
+    [``sem_seg_head.predictor.clip_model.*``], ``transformer.*`` [``sem_seg_head.predictor.
+    transformer.*``, one level flatter], ``upsample1/2`` [same], ``dino_model.*`` [same],
+    ``rsib_projections.dino_*`` [top-level ``dino_*``].
+
+    Args:
+        clip: an open_clip CLIP (ViT image tower); converted to split q/k/v in place. Its text
+            tower always serves the queries; its image tower only with `use_clip`.
+        tokenizer: prompt strings -> token ids.
+        templates: prompt templates (P cost channels).
+        dino: the RSIB (`DinoVisionTransformer`), or None for the CLIP-only rows A and B.
+        use_clip: run the CLIP image stream (USE_CLIP_CORR; False = row C).
+        image_size: CLIP input (h, w); dino_image_size: RSIB input (h, w) (both 384 official;
+            RemoteCLIP ViT-B/32 runs CLIP at 768 to keep the 24² grid).
+        pad_multiple: zero-padding multiple of the shared canvas (MASK_FORMER.SIZE_DIVISIBILITY 32).
+        guidance_blocks: CLIP blocks feeding `upsample1` / `upsample2` (0-based).
+        last_block: dense last-block mode of CLIP (`LAST_BLOCK_MODES`, "catseg" official).
+        clip_finetune: `CLIP_FINETUNE_MODES` ("attention" = q/v of both towers).
+        synonyms: "first" (official) or "average".
+        fusion_type: a `FUSION_TYPES` name; must fit the streams present.
+        clip_decoder_guidance, rsib_decoder_guidance: which streams RIPD integrates.
+        decoder_guidance_dims: widths of the raw decoder guidance maps of both streams (256, 128).
+        head: keyword arguments of `GsNetAggregator` (hidden sizes, layers, pooling, ...).
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Tokenizer,
+        templates: Sequence[str],
+        dino: DinoVisionTransformer | None,
+        *,
+        use_clip: bool = True,
+        image_size: Sequence[int] = (384, 384),
+        dino_image_size: Sequence[int] = (384, 384),
+        pad_multiple: int = 32,
+        guidance_blocks: Sequence[int] = (3, 7),
+        last_block: str = "catseg",
+        clip_finetune: str = "attention",
+        synonyms: str = "first",
+        fusion_type: str = "query_guided",
+        clip_decoder_guidance: bool = True,
+        rsib_decoder_guidance: bool = True,
+        decoder_guidance_dims: Sequence[int] = (256, 128),
+        **head: Any,
+    ) -> None:
+        super().__init__()
+        self._check_choices(last_block, clip_finetune, synonyms, fusion_type)
+        use_rsib = dino is not None
+        self._check_streams(use_clip, use_rsib, fusion_type, clip_decoder_guidance, rsib_decoder_guidance)
+        self.use_clip = bool(use_clip)
+        self.last_block = last_block
+
+        split_qkv_attention(clip)
+        set_clip_finetuning(clip, clip_finetune)
+        self.image_encoder = ClipImageEncoder(clip.visual)
+        self.text_encoder = ClipTextEncoder(clip)
+        if not self.use_clip:
+            # Row C never runs the CLIP image tower: its q/v weights would get no gradient
+            # (the official optimiser skips them), and DDP needs every trainable weight used.
+            self.image_encoder.requires_grad_(False)
+        self.templates = validate_templates(templates)
+        self.class_encoder = TemplateClassEncoder(tokenizer, self.templates, synonyms)
+        feat_dim = int(self.image_encoder.output_dim)
+
+        self.pad_multiple = int(pad_multiple)
+        if self.pad_multiple < 0:
+            raise GsNetConfigError(f"pad_multiple must be >= 0, got {pad_multiple}")
+        self.image_size = _pair(image_size, "image_size")
+        self.dino_image_size = _pair(dino_image_size, "dino_image_size")
+        grids = []
+        if self.use_clip:
+            patch_h, patch_w = self.image_encoder.patch_size
+            if self.image_size[0] % patch_h or self.image_size[1] % patch_w:
+                raise GsNetConfigError(f"image_size {self.image_size} is not a multiple of the CLIP patch {(patch_h, patch_w)}")
+            grids.append(("CLIP", (self.image_size[0] // patch_h, self.image_size[1] // patch_w)))
+        self.dino_model = dino
+        if dino is not None:
+            grids.append(("RSIB", self._rsib_cost_grid(dino)))
+        if len(grids) == 2 and grids[0][1] != grids[1][1]:
+            raise GsNetConfigError(
+                f"the CLIP grid {grids[0][1]} (image_size {self.image_size}) and the RSIB cost grid {grids[1][1]} "
+                f"(dino_image_size {self.dino_image_size} / patch {dino.patch_size} / 2) must be equal"
+            )
+        self.feature_resolution: tuple[int, int] = grids[0][1]
+        expected = head.pop("feature_resolution", None)
+        if expected is not None and tuple(expected) != self.feature_resolution:
+            raise GsNetConfigError(
+                f"feature_resolution {tuple(expected)} does not match the image streams' grid {self.feature_resolution}"
+            )
+
+        self.guidance_blocks = tuple(int(b) for b in guidance_blocks)
+        last = self.image_encoder.num_blocks - 1
+        if len(self.guidance_blocks) != 2 or not all(0 <= b < last for b in self.guidance_blocks):
+            raise GsNetConfigError(f"guidance_blocks must be two CLIP block indices in 0..{last - 1}, got {list(guidance_blocks)}")
+        guidance_dims = _pair(decoder_guidance_dims, "decoder_guidance_dims")
+        width = self.image_encoder.width
+        if clip_decoder_guidance:
+            self.upsample1 = nn.ConvTranspose2d(width, guidance_dims[0], kernel_size=2, stride=2)
+            self.upsample2 = nn.ConvTranspose2d(width, guidance_dims[1], kernel_size=4, stride=4)
+        else:
+            self.upsample1 = None
+            self.upsample2 = None
+        if dino is not None:
+            try:
+                self.rsib_projections: RsibProjections | None = RsibProjections(
+                    embed_dim=dino.width,
+                    feat_dim=feat_dim,
+                    guidance_dims=guidance_dims,
+                    depth=dino.num_blocks,
+                    decoder_guidance=rsib_decoder_guidance,
+                )
+            except ValueError as exc:
+                raise GsNetConfigError(str(exc)) from None
+        else:
+            self.rsib_projections = None
+
+        self.transformer = GsNetAggregator(
+            fusion_type=fusion_type,
+            feat_dim=feat_dim,
+            prompt_channels=len(self.templates),
+            feature_resolution=self.feature_resolution,
+            decoder_guidance_dims=guidance_dims,
+            clip_decoder_guidance=clip_decoder_guidance,
+            rsib_decoder_guidance=rsib_decoder_guidance,
+            **head,
+        )
+        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
+
+    # ---------------------------------------------------------------- validation
+    @staticmethod
+    def _check_choices(last_block: str, clip_finetune: str, synonyms: str, fusion_type: str) -> None:
+        for what, value, allowed in (
+            ("last_block", last_block, LAST_BLOCK_MODES),
+            ("clip_finetune", clip_finetune, CLIP_FINETUNE_MODES),
+            ("synonyms mode", synonyms, SYNONYM_MODES),
+            ("fusion_type", fusion_type, FUSION_TYPES),
+        ):
+            if value not in allowed:
+                raise GsNetConfigError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+
+    @staticmethod
+    def _check_streams(use_clip: bool, use_rsib: bool, fusion: str, clip_guidance: bool, rsib_guidance: bool) -> None:
+        if not use_clip and not use_rsib:
+            raise GsNetConfigError("GSNet needs at least one image stream: use_clip or the RSIB (use_rsib)")
+        if use_clip and use_rsib:
+            expected: tuple[str, ...] = TWO_STREAM_FUSIONS
+        else:
+            expected = ("clip_only",) if use_clip else ("rsib_only",)
+        if fusion not in expected:
+            streams = "CLIP and the RSIB" if use_clip and use_rsib else "CLIP only" if use_clip else "the RSIB only"
+            raise GsNetConfigError(f"fusion_type {fusion!r} does not fit a model with {streams}; use {' or '.join(expected)}")
+        if clip_guidance and not use_clip:
+            raise GsNetConfigError("clip_decoder_guidance needs the CLIP image stream (use_clip)")
+        if rsib_guidance and not use_rsib:
+            raise GsNetConfigError("rsib_decoder_guidance needs the RSIB stream (use_rsib)")
+
+    def _rsib_cost_grid(self, dino: DinoVisionTransformer) -> tuple[int, int]:
+        """The RSIB grid after `dino_down_sample` (stride 2); checks the pos-embed resize fits."""
+        height, width = self.dino_image_size
+        if height % (2 * dino.patch_size) or width % (2 * dino.patch_size):
+            raise GsNetConfigError(
+                f"dino_image_size {self.dino_image_size} must be a multiple of twice the DINO patch ({dino.patch_size})"
+            )
+        grid = (height // dino.patch_size, width // dino.patch_size)
+        try:
+            with torch.no_grad():
+                resize_pos_embed(dino.pos_embed.detach(), grid, dino.pos_embed_resize)
+        except ValueError as exc:
+            raise GsNetConfigError(str(exc)) from None
+        return grid[0] // 2, grid[1] // 2
+
+    # ---------------------------------------------------------------- parameters
+    def clip_parameters(self) -> list[nn.Parameter]:
+        """Trainable CLIP parameters (q/v weights of both towers with the official setting)."""
+        towers = list(self.image_encoder.parameters()) + list(self.text_encoder.parameters())
+        return [p for p in towers if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters outside CLIP: upsamplers, RSIB projections, the aggregator
+        (and the DINO weights only under a non-frozen `finetune` policy)."""
+        clip_ids = {id(p) for p in self.image_encoder.parameters()} | {id(p) for p in self.text_encoder.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in clip_ids]
+
+    # ---------------------------------------------------------------------- text
+    def train(self, mode: bool = True) -> "GsNetModel":
+        # Cached evaluation embeddings go stale as soon as training changes the text tower.
+        if mode:
+            self.class_encoder.clear_embeddings()
+        return super().train(mode)
+
+    def clear_text_cache(self) -> None:
+        self.class_encoder.clear_embeddings()
+
+    def class_embeddings(self, classes: ClassNames) -> Tensor:
+        """(T, P, D) L2-normalised; re-encoded with gradients in training, cached in evaluation."""
+        return self.class_encoder(self.text_encoder, classes, cache=not self.training)
+
+    # ------------------------------------------------------------------- streams
+    def _clip_stream(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, tuple, tuple]:
+        blocks = self.guidance_blocks if self.upsample1 is not None else ()
+        features = self.image_encoder.encode_resized(images, self.image_size, self.pad_multiple, self.last_block, blocks)
+        dense = features.dense.float()
+        if self.training and self.last_block != "attention":
+            dense = attach_zero_grad(dense, self.image_encoder.blocks[-1].attn.q_proj_weight)
+        guidance = None
+        if self.upsample1 is not None and self.upsample2 is not None:
+            guidance = (
+                self.upsample1(features.block_maps[self.guidance_blocks[0]].float()),
+                self.upsample2(features.block_maps[self.guidance_blocks[1]].float()),
+            )
+        return dense, guidance, features.image_size, features.padded_size
+
+    def _rsib_stream(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, tuple, tuple]:
+        dino, projections = self.dino_model, self.rsib_projections
+        assert dino is not None and projections is not None
+        pixels = pad_to_multiple(dino.normalize(images), self.pad_multiple)
+        padded = (int(pixels.shape[-2]), int(pixels.shape[-1]))
+        if padded != self.dino_image_size:
+            pixels = F.interpolate(pixels, size=self.dino_image_size, mode="bilinear", align_corners=False)
+        frozen = not any(p.requires_grad for p in dino.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            features = dino.features(pixels, projections.blocks_needed)
+        maps = {index: feats.float() for index, feats in features.maps.items()}
+        cost_map, guidance = projections(maps)
+        return cost_map, guidance, (int(images.shape[-2]), int(images.shape[-1])), padded
+
+    # ------------------------------------------------------------------- forward
+    def forward(self, images: Tensor, classes: ClassNames) -> Tensor:
+        """(B, 3, h, w) RGB 0..255 -> (B, T, h', w') logits over the image (4x the feature grid)."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise GsNetConfigError(f"GSNet expects images (B,3,H,W), got {tuple(images.shape)}")
+        clip_feats = clip_guidance = rsib_feats = rsib_guidance = None
+        image_size = padded_size = None
+        if self.use_clip:
+            clip_feats, clip_guidance, image_size, padded_size = self._clip_stream(images)
+        if self.dino_model is not None:
+            rsib_feats, rsib_guidance, image_size, padded_size = self._rsib_stream(images)
+        reference = clip_feats if clip_feats is not None else rsib_feats
+        text = self.class_embeddings(classes).to(reference.device)
+        text = text.unsqueeze(0).expand(reference.shape[0], -1, -1, -1)
+        logits = self.transformer(clip_feats, rsib_feats, text, clip_guidance, rsib_guidance)
+        return _crop_to_image(logits, image_size, padded_size)
+
+    def loss(
+        self, images: Tensor, targets: Tensor, classes: ClassNames, ignore_index: int = 255, mask_ignored: bool = False
+    ) -> Tensor:
+        """Per-pixel BCE of the logits upsampled to the targets' size (official: ignored pixels
+        are all-negative targets and stay in the mean; `mask_ignored` leaves them out)."""
+        return per_pixel_bce_loss(self(images, classes), targets, ignore_index, mask_ignored)
+
+
+def _crop_to_image(logits: Tensor, image_size: tuple | None, padded_size: tuple | None) -> Tensor:
+    """Logits over the padded canvas -> logits over the image part only."""
+    if image_size is None or padded_size is None or tuple(image_size) == tuple(padded_size):
+        return logits
+    canvas = F.interpolate(logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
+    return canvas[..., : image_size[0], : image_size[1]]
+
+
+def _clear_text_cache_after_load(module: GsNetModel, incompatible_keys: Any) -> None:
+    module.clear_text_cache()
+
+
+def create_gsnet_clip(
+    arch: str = "ViT-B-16",
+    clip_weights: str | None = "openai",
+    model_config: Mapping[str, Any] | None = None,
+    quick_gelu: bool | None = True,
+    trusted: bool = False,
+) -> tuple[nn.Module, Tokenizer]:
+    """The CLIP model and its tokenizer, as CAT-Seg creates them (`build_catseg_model`):
+    QuickGELU forced on a named architecture without a pretrained tag (OpenAI's CLIP class,
+    also used for RemoteCLIP by the official code)."""
+    clip = create_clip(arch, clip_weights, model_config, trusted=trusted)
+    is_tag = clip_weights is not None and not _looks_like_file(clip_weights)
+    if model_config is None and quick_gelu is not None and not is_tag:
+        set_mlp_activation(clip, open_clip.transformer.QuickGELU if quick_gelu else nn.GELU)
+    return clip, create_tokenizer(arch, clip, model_config)
+
+
+def build_gsnet_model(
+    arch: str = "ViT-B-16",
+    clip_weights: str | None = "openai",
+    model_config: Mapping[str, Any] | None = None,
+    quick_gelu: bool | None = True,
+    templates: str | Sequence[str] = "single",
+    *,
+    use_rsib: bool = True,
+    dino_arch: str | Mapping[str, Any] = "vit_base_8",
+    dino_weights: str | None = None,
+    dino_input_norm: str = "clip",
+    dino_pos_embed_resize: str = "official",
+    dino_finetune: str = "freeze",
+    dino_key_check: str = "missing",
+    trusted: bool = False,
+    **kwargs: Any,
+) -> GsNetModel:
+    """Create CLIP (`create_gsnet_clip`) and, with `use_rsib`, the DINO RSIB (`build_dino`,
+    loading `dino_weights` when given; None = random init), then build GSNet around them.
+
+    The DINO is built first so that a missing RSIB file fails before CLIP weights are read.
+    """
+    dino = None
+    if use_rsib:
+        dino = build_dino(
+            dino_arch,
+            dino_weights,
+            input_norm=dino_input_norm,
+            pos_embed_resize=dino_pos_embed_resize,
+            finetune=dino_finetune,
+            key_check=dino_key_check,
+            trusted=trusted,
+        )
+    clip, tokenizer = create_gsnet_clip(arch, clip_weights, model_config, quick_gelu, trusted)
+    template_list = get_templates(templates) if isinstance(templates, str) else validate_templates(templates)
+    return GsNetModel(clip, tokenizer, template_list, dino, **kwargs)
