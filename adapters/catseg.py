@@ -21,7 +21,8 @@ from methods.common.clip_loading import ClipConfigError, ClipLoadingError
 from methods.common.state_dict import state_dict_mismatch
 from methods.common.clip_qkv import CLIP_FINETUNE_MODES, SplitQKVError, split_packed_qkv
 from methods.common.cost_aggregation import ATTENTION_TYPES, CostAggregationError
-from methods.common.prompts import TEMPLATE_SETS, UnknownTemplateSetError
+from adapters.templates import resolve_templates, template_choices
+from methods.common.prompts import UnknownTemplateSetError
 from methods.common.text import SYNONYM_MODES
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError, ConfigError
@@ -140,8 +141,8 @@ class CatSegConfig:
             if getattr(self, name) not in allowed:
                 fail(name, f"one of {', '.join(allowed)}")
         if isinstance(self.templates, str):
-            if self.templates not in TEMPLATE_SETS:
-                fail("templates", f"a template set ({', '.join(sorted(TEMPLATE_SETS))}) or a list of templates")
+            if self.templates not in template_choices():
+                fail("templates", f"a template set ({', '.join(template_choices())}) or a list of templates")
         elif not isinstance(self.templates, list) or not self.templates:
             fail("templates", "a template-set name or a non-empty list of templates")
         multiplier = self.clip_multiplier
@@ -176,7 +177,7 @@ class CatSegSegmenter(OpenVocabSegmenter):
                 clip_weights=config.clip_weights,
                 model_config=config.model_config,
                 quick_gelu=config.quick_gelu,
-                templates=config.templates,
+                templates=resolve_templates(config.templates),
                 trusted=trust_checkpoints,
                 image_size=tuple(config.image_size),
                 pad_multiple=config.pad_multiple,

@@ -35,7 +35,8 @@ from methods.common.dino import (
     extract_dino_state_dict,
     load_dino_state_dict,
 )
-from methods.common.prompts import TEMPLATE_SETS, UnknownTemplateSetError
+from adapters.templates import resolve_templates, template_choices
+from methods.common.prompts import UnknownTemplateSetError
 from methods.common.text import SYNONYM_MODES
 from methods.gsnet.decoder import DecoderInputError
 from methods.gsnet.fusion import FUSION_TYPES, FusionInputError
@@ -198,8 +199,8 @@ class GsNetConfig:
             if getattr(self, name) not in allowed:
                 fail(name, f"one of {', '.join(allowed)}")
         if isinstance(self.templates, str):
-            if self.templates not in TEMPLATE_SETS:
-                fail("templates", f"a template set ({', '.join(sorted(TEMPLATE_SETS))}) or a list of templates")
+            if self.templates not in template_choices():
+                fail("templates", f"a template set ({', '.join(template_choices())}) or a list of templates")
         elif not isinstance(self.templates, list) or not self.templates:
             fail("templates", "a template-set name or a non-empty list of templates")
         if isinstance(self.dino_arch, str):
@@ -262,7 +263,7 @@ class GsNetSegmenter(OpenVocabSegmenter):
                 clip_weights=config.clip_weights,
                 model_config=config.model_config,
                 quick_gelu=config.quick_gelu,
-                templates=config.templates,
+                templates=resolve_templates(config.templates),
                 use_rsib=config.use_rsib,
                 dino_arch=config.dino_arch,
                 dino_weights=dino_weights,

@@ -1,0 +1,18 @@
+"""Prompt-template sets for the adapters: the ones methods/ ships with its models, plus the
+sets ovbench keeps as data under configs/vocab/ (e.g. `remote-sensing`)."""
+
+from __future__ import annotations
+
+from methods.common.prompts import TEMPLATE_SETS
+from ovbench.data.catalog import load_template_set, template_set_names
+
+
+def template_choices() -> list[str]:
+    return sorted(set(TEMPLATE_SETS) | set(template_set_names()))
+
+
+def resolve_templates(value: str | list[str]) -> str | list[str]:
+    """A name methods/ knows stays a name; a data set's name becomes its list of templates."""
+    if isinstance(value, str) and value not in TEMPLATE_SETS and value in template_set_names():
+        return list(load_template_set(value))
+    return value
