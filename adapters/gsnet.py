@@ -37,6 +37,7 @@ from methods.common.dino import (
 )
 from adapters.templates import resolve_templates, template_choices
 from methods.common.prompts import UnknownTemplateSetError
+from methods.common.state_dict import state_dict_mismatch
 from methods.common.text import SYNONYM_MODES
 from methods.gsnet.decoder import DecoderInputError
 from methods.gsnet.fusion import FUSION_TYPES, FusionInputError
@@ -64,6 +65,8 @@ DECODER_KEYS = ("CLIP_decoder_guidance_projection", "DINO_decoder_guidance_proje
 RSIB_PROJECTION_KEYS = ("dino_down_sample", "dino_decod_proj1", "dino_decod_proj2")
 #: Keys every DINO ViT state dict has (after `teacher` / `module.` / `backbone.` are taken off).
 DINO_MARKER_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight")
+#: Buffers computed from the configuration alone (Swin shift masks).
+DERIVED_BUFFERS = (".attn_mask",)
 
 
 @dataclass
@@ -378,23 +381,16 @@ class GsNetSegmenter(OpenVocabSegmenter):
 
     def _load_model_state(self, state: Mapping[str, Any], source: str) -> None:
         expected = self.model.state_dict()
-        missing = [key for key in expected if key not in state]
-        unexpected = [key for key in state if key not in expected]
-        mismatched = [
-            f"{key} {tuple(state[key].shape)} vs {tuple(expected[key].shape)}"
-            for key in expected
-            if key in state and isinstance(state[key], Tensor) and state[key].shape != expected[key].shape
-        ]
-        if missing or unexpected or mismatched:
-            parts = []
-            if missing:
-                parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
-            if unexpected:
-                parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
-            if mismatched:
-                parts.append(f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]})")
-            raise CheckpointError(f"{source} does not fit this gsnet configuration: " + "; ".join(parts))
-        self.model.load_state_dict(dict(state), strict=True)
+        state = dict(state)
+        # The Swin shift masks are persistent buffers (official files carry them) computed from
+        # the configuration alone: a file without them loses nothing.
+        for key in expected:
+            if key.endswith(DERIVED_BUFFERS) and key not in state:
+                state[key] = expected[key]
+        mismatch = state_dict_mismatch(state, expected)
+        if mismatch:
+            raise CheckpointError(f"{source} does not fit this gsnet configuration: {mismatch}")
+        self.model.load_state_dict(state, strict=True)
 
 
 def _looks_like_dino(payload: Any) -> bool:

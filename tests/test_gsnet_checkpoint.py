@@ -152,6 +152,17 @@ def test_official_checkpoint_with_packed_openai_attention_also_loads(tmp_path):
     torch.testing.assert_close(outputs(target), outputs(source))
 
 
+def test_official_checkpoint_without_the_swin_shift_masks_loads(tmp_path):
+    source, target = tiny(seed=0), tiny(seed=1)
+    state = official_layout(source)
+    masks = [key for key in state if key.endswith(".attn_mask")]
+    assert masks  # persistent buffers of the shifted Swin blocks, derived from the configuration
+    for key in masks:
+        del state[key]
+    target.load_checkpoint(save_official(tmp_path / "no_masks.pth", state))
+    torch.testing.assert_close(outputs(target), outputs(source))
+
+
 def test_conversion_round_trips():
     model_state = tiny().model.state_dict()
     back = convert_official_state_dict(to_official_state_dict(model_state))
