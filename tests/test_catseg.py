@@ -17,7 +17,8 @@ import torch.nn.functional as F
 import yaml
 
 from adapters.catseg import CatSegConfig, CatSegSegmenter
-from methods.catseg.model import CatSegModel, build_catseg_model, set_mlp_activation
+from methods.catseg.model import CatSegModel, build_catseg_model
+from methods.common.clip_cost_model import set_mlp_activation
 from methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
 from methods.common.clip_qkv import (
     SplitQKVAttention,

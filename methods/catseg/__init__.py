@@ -1,5 +1,5 @@
-"""CAT-Seg: cost aggregation over a fine-tuned CLIP (CVPR 2024, CLIP-only version)."""
+"""CAT-Seg (CVPR 2024), CLIP-only version: `CatSegModel` and its head `CatSegAggregator`."""
 
-from methods.catseg.model import CatSegAggregator, CatSegConfigError, CatSegModel, build_catseg_model, set_mlp_activation
+from methods.catseg.model import CatSegAggregator, CatSegConfigError, CatSegModel, build_catseg_model
 
-__all__ = ["CatSegAggregator", "CatSegConfigError", "CatSegModel", "build_catseg_model", "set_mlp_activation"]
+__all__ = ["CatSegAggregator", "CatSegConfigError", "CatSegModel", "build_catseg_model"]

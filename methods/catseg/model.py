@@ -21,13 +21,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import open_clip
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder
-from methods.common.clip_loading import _looks_like_file, create_clip, create_tokenizer
-from methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
+from methods.common.clip_cost_model import (
+    SplitClipCostModel,
+    create_clip_and_tokenizer,
+    crop_to_image,
+    resolve_template_list,
+)
 from methods.common.cost_aggregation import (
     MASKED_LOGIT,
     AggregatorLayer,
@@ -35,12 +37,10 @@ from methods.common.cost_aggregation import (
     cosine_cost_volume,
     embed_cost_volume,
     gather_classes,
-    per_pixel_bce_loss,
     scatter_classes,
     select_top_classes,
 )
-from methods.common.prompts import get_templates, validate_templates
-from methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
+from methods.common.text import ClassNames, Tokenizer
 
 
 class CatSegConfigError(ValueError):
@@ -157,7 +157,7 @@ class CatSegAggregator(nn.Module):
         return logits
 
 
-class CatSegModel(nn.Module):
+class CatSegModel(SplitClipCostModel):
     """CAT-Seg: split-q/k/v CLIP + upsamplers + `CatSegAggregator` (see module docstring).
 
     State-dict names: ``image_encoder.visual.*`` and ``text_encoder.*`` are the official
@@ -192,42 +192,24 @@ class CatSegModel(nn.Module):
         synonyms: str = "first",
         **head: Any,
     ) -> None:
-        super().__init__()
-        if last_block not in LAST_BLOCK_MODES:
-            raise CatSegConfigError(f"unknown last_block {last_block!r}; expected one of {', '.join(LAST_BLOCK_MODES)}")
-        if clip_finetune not in CLIP_FINETUNE_MODES:
-            raise CatSegConfigError(f"unknown clip_finetune {clip_finetune!r}; expected one of {', '.join(CLIP_FINETUNE_MODES)}")
-        if synonyms not in SYNONYM_MODES:
-            raise CatSegConfigError(f"unknown synonyms mode {synonyms!r}; expected one of {', '.join(SYNONYM_MODES)}")
-        split_qkv_attention(clip)
-        set_clip_finetuning(clip, clip_finetune)
-        self.image_encoder = ClipImageEncoder(clip.visual)
-        self.text_encoder = ClipTextEncoder(clip)
-        self.templates = validate_templates(templates)
-        self.class_encoder = TemplateClassEncoder(tokenizer, self.templates, synonyms)
-
+        super().__init__(
+            clip, tokenizer, templates,
+            last_block=last_block, clip_finetune=clip_finetune, synonyms=synonyms, config_error=CatSegConfigError,
+        )
         self.image_size = (int(image_size[0]), int(image_size[1]))
-        patch_h, patch_w = self.image_encoder.patch_size
-        if self.image_size[0] % patch_h or self.image_size[1] % patch_w:
-            raise CatSegConfigError(f"image_size {self.image_size} is not a multiple of the patch size {(patch_h, patch_w)}")
-        self.feature_resolution = (self.image_size[0] // patch_h, self.image_size[1] // patch_w)
+        self.feature_resolution = self.clip_grid(self.image_size)
         expected = head.pop("feature_resolution", None)
         if expected is not None and tuple(expected) != self.feature_resolution:
             raise CatSegConfigError(
                 f"feature_resolution {tuple(expected)} does not match image_size {self.image_size} / patch "
-                f"{(patch_h, patch_w)} = {self.feature_resolution}"
+                f"{self.image_encoder.patch_size} = {self.feature_resolution}"
             )
         self.pad_multiple = int(pad_multiple)
-        last = self.image_encoder.num_blocks - 1
-        self.guidance_blocks = tuple(int(b) for b in guidance_blocks)
-        if len(self.guidance_blocks) != 2 or not all(0 <= b < last for b in self.guidance_blocks):
-            raise CatSegConfigError(f"guidance_blocks must be two block indices in 0..{last - 1}, got {list(guidance_blocks)}")
-        self.last_block = last_block
+        self.guidance_blocks = self.check_guidance_blocks(guidance_blocks)
 
         decoder_guidance_dims = tuple(head.pop("decoder_guidance_dims", (256, 128)))
-        width, embed_dim = self.image_encoder.width, self.image_encoder.output_dim
-        self.upsample1 = nn.ConvTranspose2d(width, decoder_guidance_dims[0], kernel_size=2, stride=2)
-        self.upsample2 = nn.ConvTranspose2d(width, decoder_guidance_dims[1], kernel_size=4, stride=4)
+        self.upsample1, self.upsample2 = self.make_clip_upsamplers(decoder_guidance_dims)
+        embed_dim = self.image_encoder.output_dim
         self.transformer = CatSegAggregator(
             text_guidance_dim=embed_dim,
             appearance_guidance_dim=embed_dim,
@@ -236,69 +218,15 @@ class CatSegModel(nn.Module):
             prompt_channel=len(self.templates),
             **head,
         )
-        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
 
-    # ---------------------------------------------------------------- parameters
-    def clip_parameters(self) -> list[nn.Parameter]:
-        """Trainable CLIP parameters (q/v weights with the official setting)."""
-        towers = list(self.image_encoder.parameters()) + list(self.text_encoder.parameters())
-        return [p for p in towers if p.requires_grad]
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters outside CLIP: upsamplers and the aggregator."""
-        clip_ids = {id(p) for p in self.image_encoder.parameters()} | {id(p) for p in self.text_encoder.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in clip_ids]
-
-    # ---------------------------------------------------------------------- text
-    def train(self, mode: bool = True) -> "CatSegModel":
-        # Cached evaluation embeddings go stale as soon as training changes the text tower.
-        if mode:
-            self.class_encoder.clear_embeddings()
-        return super().train(mode)
-
-    def clear_text_cache(self) -> None:
-        self.class_encoder.clear_embeddings()
-
-    def class_embeddings(self, classes: ClassNames) -> Tensor:
-        """(T, P, D) L2-normalised; re-encoded with gradients in training, cached in evaluation."""
-        return self.class_encoder(self.text_encoder, classes, cache=not self.training)
-
-    # ------------------------------------------------------------------- forward
     def forward(self, images: Tensor, classes: ClassNames) -> Tensor:
         """(B, 3, h, w) RGB 0..255 -> (B, T, h', w') logits over the image (4x the CLIP grid)."""
-        features = self.image_encoder.encode_resized(
-            images, self.image_size, self.pad_multiple, self.last_block, self.guidance_blocks
+        dense, guidance, features = self.encode_clip(
+            images, self.image_size, self.pad_multiple, self.guidance_blocks, (self.upsample1, self.upsample2)
         )
-        dense = features.dense.float()
-        if self.training and self.last_block != "attention":
-            dense = attach_zero_grad(dense, self.image_encoder.blocks[-1].attn.q_proj_weight)
-        guidance = [
-            dense,
-            self.upsample1(features.block_maps[self.guidance_blocks[0]].float()),
-            self.upsample2(features.block_maps[self.guidance_blocks[1]].float()),
-        ]
-        text = self.class_embeddings(classes).to(dense.device)
-        text = text.unsqueeze(0).expand(dense.shape[0], -1, -1, -1)
-        logits = self.transformer(dense, text, guidance)
-        return _crop_to_image(logits, features.image_size, features.padded_size)
-
-    def loss(
-        self, images: Tensor, targets: Tensor, classes: ClassNames, ignore_index: int = 255, mask_ignored: bool = False
-    ) -> Tensor:
-        """Per-pixel BCE of the logits upsampled to the targets' size (common-blocks section 7)."""
-        return per_pixel_bce_loss(self(images, classes), targets, ignore_index, mask_ignored)
-
-
-def _crop_to_image(logits: Tensor, image_size: tuple[int, int] | None, padded_size: tuple[int, int] | None) -> Tensor:
-    """Logits over the padded canvas -> logits over the image part only."""
-    if image_size is None or padded_size is None or image_size == padded_size:
-        return logits
-    canvas = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
-    return canvas[..., : image_size[0], : image_size[1]]
-
-
-def _clear_text_cache_after_load(module: CatSegModel, incompatible_keys: Any) -> None:
-    module.clear_text_cache()
+        assert guidance is not None
+        logits = self.transformer(dense, self.batched_class_embeddings(classes, dense), [dense, *guidance])
+        return crop_to_image(logits, features.image_size, features.padded_size)
 
 
 def build_catseg_model(
@@ -310,35 +238,8 @@ def build_catseg_model(
     trusted: bool = False,
     **kwargs: Any,
 ) -> CatSegModel:
-    """Create the CLIP model (`create_clip`) and build CAT-Seg around it.
-
-    `quick_gelu` forces the MLP activation of a named architecture built without a
-    pretrained tag (random init or a weights file, see `set_mlp_activation`): OpenAI's CLIP
-    class, which the official code uses, has QuickGELU. Pretrained tags set their own; an
-    explicit `model_config` carries its own.
-    `templates` is a template-set name or a list of templates.
-    """
-    clip = create_clip(arch, clip_weights, model_config, trusted=trusted)
-    is_tag = clip_weights is not None and not _looks_like_file(clip_weights)
-    if model_config is None and quick_gelu is not None and not is_tag:
-        set_mlp_activation(clip, open_clip.transformer.QuickGELU if quick_gelu else nn.GELU)
-    tokenizer = create_tokenizer(arch, clip, model_config)
-    template_list = get_templates(templates) if isinstance(templates, str) else validate_templates(templates)
-    return CatSegModel(clip, tokenizer, template_list, **kwargs)
-
-
-def set_mlp_activation(clip: nn.Module, activation: type[nn.Module]) -> int:
-    """Use `activation` in every transformer MLP of `clip` (both towers); returns how many.
-
-    The activation holds no weights, so swapping it after loading is exact. This is how an
-    open_clip-format file loaded into a named architecture (RemoteCLIP, which the official
-    code loads into OpenAI's CLIP class) or a random-init named architecture gets QuickGELU,
-    without giving up the loader's shape inference for OpenAI `.pt` files.
-    """
-    swapped = 0
-    for module in clip.modules():
-        mlp = getattr(module, "mlp", None)
-        if isinstance(mlp, nn.Sequential) and hasattr(mlp, "gelu"):
-            mlp.gelu = activation()
-            swapped += 1
-    return swapped
+    """Create the CLIP model and tokenizer (`create_clip_and_tokenizer`, QuickGELU as OpenAI's
+    CLIP class has it) and build CAT-Seg around them. `templates` is a template-set name or a
+    list of templates."""
+    clip, tokenizer = create_clip_and_tokenizer(arch, clip_weights, model_config, quick_gelu, trusted)
+    return CatSegModel(clip, tokenizer, resolve_template_list(templates), **kwargs)

@@ -240,7 +240,9 @@ def load_clip_state_dict(model: nn.Module, state_dict: dict[str, Tensor], source
 
 
 # ------------------------------------------------------------------------ entry
-def _looks_like_file(weights: str) -> bool:
+def looks_like_file(weights: str) -> bool:
+    """Whether `weights` names a file (exists, has a path separator or a checkpoint suffix)
+    rather than an open_clip pretrained tag."""
     path = Path(weights).expanduser()
     return path.exists() or "/" in weights or "\\" in weights or path.suffix.lower() in _CHECKPOINT_SUFFIXES
 
@@ -305,6 +307,6 @@ def create_clip(
         return build_clip(arch, model_config)
     if not isinstance(weights, str) or not weights.strip():
         raise ClipConfigError(f"CLIP weights must be a tag, a file path or None, got {weights!r}")
-    if _looks_like_file(weights):
+    if looks_like_file(weights):
         return load_clip_file(weights, arch, model_config, trusted=trusted)
     return create_clip_from_tag(arch, weights, model_config)

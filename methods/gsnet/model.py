@@ -33,19 +33,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.catseg.model import set_mlp_activation
-from methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, pad_to_multiple
-from methods.common.clip_loading import _looks_like_file, create_clip, create_tokenizer
-from methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
-from methods.common.cost_aggregation import AggregatorLayer, per_pixel_bce_loss
+from methods.common.clip import pad_to_multiple
+from methods.common.clip_cost_model import (
+    SplitClipCostModel,
+    create_clip_and_tokenizer,
+    crop_to_image,
+    resolve_template_list,
+)
+from methods.common.cost_aggregation import AggregatorLayer
 from methods.common.dino import DinoVisionTransformer, build_dino, resize_pos_embed
-from methods.common.prompts import get_templates, validate_templates
-from methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
+from methods.common.text import ClassNames, Tokenizer
 from methods.gsnet.decoder import RipdDecoder
 from methods.gsnet.fusion import FUSION_TYPES, CostFusion, RsibProjections, build_cost_fusion
 
@@ -55,7 +56,6 @@ __all__ = [
     "GsNetConfigError",
     "GsNetModel",
     "build_gsnet_model",
-    "create_gsnet_clip",
 ]
 
 #: Fusion designs that need both image streams (QGFF and the Table 3 rows E, F).
@@ -167,7 +167,7 @@ class GsNetAggregator(nn.Module):
         return self.decoder(embedded, clip_guidance, rsib_guidance)
 
 
-class GsNetModel(nn.Module):
+class GsNetModel(SplitClipCostModel):
     """GSNet: split-q/k/v CLIP + frozen DINO RSIB + `GsNetAggregator` (see module docstring).
 
     State-dict names (official in brackets): ``image_encoder.visual.*`` and ``text_encoder.*``
@@ -216,23 +216,18 @@ class GsNetModel(nn.Module):
         decoder_guidance_dims: Sequence[int] = (256, 128),
         **head: Any,
     ) -> None:
-        super().__init__()
-        self._check_choices(last_block, clip_finetune, synonyms, fusion_type)
-        use_rsib = dino is not None
-        self._check_streams(use_clip, use_rsib, fusion_type, clip_decoder_guidance, rsib_decoder_guidance)
+        if fusion_type not in FUSION_TYPES:
+            raise GsNetConfigError(f"unknown fusion_type {fusion_type!r}; expected one of {', '.join(FUSION_TYPES)}")
+        self._check_streams(use_clip, dino is not None, fusion_type, clip_decoder_guidance, rsib_decoder_guidance)
+        super().__init__(
+            clip, tokenizer, templates,
+            last_block=last_block, clip_finetune=clip_finetune, synonyms=synonyms, config_error=GsNetConfigError,
+        )
         self.use_clip = bool(use_clip)
-        self.last_block = last_block
-
-        split_qkv_attention(clip)
-        set_clip_finetuning(clip, clip_finetune)
-        self.image_encoder = ClipImageEncoder(clip.visual)
-        self.text_encoder = ClipTextEncoder(clip)
         if not self.use_clip:
             # Row C never runs the CLIP image tower: its q/v weights would get no gradient
             # (the official optimiser skips them), and DDP needs every trainable weight used.
             self.image_encoder.requires_grad_(False)
-        self.templates = validate_templates(templates)
-        self.class_encoder = TemplateClassEncoder(tokenizer, self.templates, synonyms)
         feat_dim = int(self.image_encoder.output_dim)
 
         self.pad_multiple = int(pad_multiple)
@@ -242,10 +237,7 @@ class GsNetModel(nn.Module):
         self.dino_image_size = _pair(dino_image_size, "dino_image_size")
         grids = []
         if self.use_clip:
-            patch_h, patch_w = self.image_encoder.patch_size
-            if self.image_size[0] % patch_h or self.image_size[1] % patch_w:
-                raise GsNetConfigError(f"image_size {self.image_size} is not a multiple of the CLIP patch {(patch_h, patch_w)}")
-            grids.append(("CLIP", (self.image_size[0] // patch_h, self.image_size[1] // patch_w)))
+            grids.append(("CLIP", self.clip_grid(self.image_size)))
         self.dino_model = dino
         if dino is not None:
             grids.append(("RSIB", self._rsib_cost_grid(dino)))
@@ -261,15 +253,12 @@ class GsNetModel(nn.Module):
                 f"feature_resolution {tuple(expected)} does not match the image streams' grid {self.feature_resolution}"
             )
 
-        self.guidance_blocks = tuple(int(b) for b in guidance_blocks)
-        last = self.image_encoder.num_blocks - 1
-        if len(self.guidance_blocks) != 2 or not all(0 <= b < last for b in self.guidance_blocks):
-            raise GsNetConfigError(f"guidance_blocks must be two CLIP block indices in 0..{last - 1}, got {list(guidance_blocks)}")
+        self.guidance_blocks = self.check_guidance_blocks(guidance_blocks)
         guidance_dims = _pair(decoder_guidance_dims, "decoder_guidance_dims")
-        width = self.image_encoder.width
+        self.upsample1: nn.Module | None
+        self.upsample2: nn.Module | None
         if clip_decoder_guidance:
-            self.upsample1 = nn.ConvTranspose2d(width, guidance_dims[0], kernel_size=2, stride=2)
-            self.upsample2 = nn.ConvTranspose2d(width, guidance_dims[1], kernel_size=4, stride=4)
+            self.upsample1, self.upsample2 = self.make_clip_upsamplers(guidance_dims)
         else:
             self.upsample1 = None
             self.upsample2 = None
@@ -297,20 +286,8 @@ class GsNetModel(nn.Module):
             rsib_decoder_guidance=rsib_decoder_guidance,
             **head,
         )
-        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
 
     # ---------------------------------------------------------------- validation
-    @staticmethod
-    def _check_choices(last_block: str, clip_finetune: str, synonyms: str, fusion_type: str) -> None:
-        for what, value, allowed in (
-            ("last_block", last_block, LAST_BLOCK_MODES),
-            ("clip_finetune", clip_finetune, CLIP_FINETUNE_MODES),
-            ("synonyms mode", synonyms, SYNONYM_MODES),
-            ("fusion_type", fusion_type, FUSION_TYPES),
-        ):
-            if value not in allowed:
-                raise GsNetConfigError(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
-
     @staticmethod
     def _check_streams(use_clip: bool, use_rsib: bool, fusion: str, clip_guidance: bool, rsib_guidance: bool) -> None:
         if not use_clip and not use_rsib:
@@ -342,45 +319,10 @@ class GsNetModel(nn.Module):
             raise GsNetConfigError(str(exc)) from None
         return grid[0] // 2, grid[1] // 2
 
-    # ---------------------------------------------------------------- parameters
-    def clip_parameters(self) -> list[nn.Parameter]:
-        """Trainable CLIP parameters (q/v weights of both towers with the official setting)."""
-        towers = list(self.image_encoder.parameters()) + list(self.text_encoder.parameters())
-        return [p for p in towers if p.requires_grad]
-
-    def head_parameters(self) -> list[nn.Parameter]:
-        """Trainable parameters outside CLIP: upsamplers, RSIB projections, the aggregator
-        (and the DINO weights only under a non-frozen `finetune` policy)."""
-        clip_ids = {id(p) for p in self.image_encoder.parameters()} | {id(p) for p in self.text_encoder.parameters()}
-        return [p for p in self.parameters() if p.requires_grad and id(p) not in clip_ids]
-
-    # ---------------------------------------------------------------------- text
-    def train(self, mode: bool = True) -> "GsNetModel":
-        # Cached evaluation embeddings go stale as soon as training changes the text tower.
-        if mode:
-            self.class_encoder.clear_embeddings()
-        return super().train(mode)
-
-    def clear_text_cache(self) -> None:
-        self.class_encoder.clear_embeddings()
-
-    def class_embeddings(self, classes: ClassNames) -> Tensor:
-        """(T, P, D) L2-normalised; re-encoded with gradients in training, cached in evaluation."""
-        return self.class_encoder(self.text_encoder, classes, cache=not self.training)
-
     # ------------------------------------------------------------------- streams
     def _clip_stream(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, tuple, tuple]:
-        blocks = self.guidance_blocks if self.upsample1 is not None else ()
-        features = self.image_encoder.encode_resized(images, self.image_size, self.pad_multiple, self.last_block, blocks)
-        dense = features.dense.float()
-        if self.training and self.last_block != "attention":
-            dense = attach_zero_grad(dense, self.image_encoder.blocks[-1].attn.q_proj_weight)
-        guidance = None
-        if self.upsample1 is not None and self.upsample2 is not None:
-            guidance = (
-                self.upsample1(features.block_maps[self.guidance_blocks[0]].float()),
-                self.upsample2(features.block_maps[self.guidance_blocks[1]].float()),
-            )
+        upsamplers = (self.upsample1, self.upsample2) if self.upsample1 is not None and self.upsample2 is not None else None
+        dense, guidance, features = self.encode_clip(images, self.image_size, self.pad_multiple, self.guidance_blocks, upsamplers)
         return dense, guidance, features.image_size, features.padded_size
 
     def _rsib_stream(self, images: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor] | None, tuple, tuple]:
@@ -409,46 +351,9 @@ class GsNetModel(nn.Module):
         if self.dino_model is not None:
             rsib_feats, rsib_guidance, image_size, padded_size = self._rsib_stream(images)
         reference = clip_feats if clip_feats is not None else rsib_feats
-        text = self.class_embeddings(classes).to(reference.device)
-        text = text.unsqueeze(0).expand(reference.shape[0], -1, -1, -1)
+        text = self.batched_class_embeddings(classes, reference)
         logits = self.transformer(clip_feats, rsib_feats, text, clip_guidance, rsib_guidance)
-        return _crop_to_image(logits, image_size, padded_size)
-
-    def loss(
-        self, images: Tensor, targets: Tensor, classes: ClassNames, ignore_index: int = 255, mask_ignored: bool = False
-    ) -> Tensor:
-        """Per-pixel BCE of the logits upsampled to the targets' size (official: ignored pixels
-        are all-negative targets and stay in the mean; `mask_ignored` leaves them out)."""
-        return per_pixel_bce_loss(self(images, classes), targets, ignore_index, mask_ignored)
-
-
-def _crop_to_image(logits: Tensor, image_size: tuple | None, padded_size: tuple | None) -> Tensor:
-    """Logits over the padded canvas -> logits over the image part only."""
-    if image_size is None or padded_size is None or tuple(image_size) == tuple(padded_size):
-        return logits
-    canvas = F.interpolate(logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
-    return canvas[..., : image_size[0], : image_size[1]]
-
-
-def _clear_text_cache_after_load(module: GsNetModel, incompatible_keys: Any) -> None:
-    module.clear_text_cache()
-
-
-def create_gsnet_clip(
-    arch: str = "ViT-B-16",
-    clip_weights: str | None = "openai",
-    model_config: Mapping[str, Any] | None = None,
-    quick_gelu: bool | None = True,
-    trusted: bool = False,
-) -> tuple[nn.Module, Tokenizer]:
-    """The CLIP model and its tokenizer, as CAT-Seg creates them (`build_catseg_model`):
-    QuickGELU forced on a named architecture without a pretrained tag (OpenAI's CLIP class,
-    also used for RemoteCLIP by the official code)."""
-    clip = create_clip(arch, clip_weights, model_config, trusted=trusted)
-    is_tag = clip_weights is not None and not _looks_like_file(clip_weights)
-    if model_config is None and quick_gelu is not None and not is_tag:
-        set_mlp_activation(clip, open_clip.transformer.QuickGELU if quick_gelu else nn.GELU)
-    return clip, create_tokenizer(arch, clip, model_config)
+        return crop_to_image(logits, image_size, padded_size)
 
 
 def build_gsnet_model(
@@ -468,7 +373,7 @@ def build_gsnet_model(
     trusted: bool = False,
     **kwargs: Any,
 ) -> GsNetModel:
-    """Create CLIP (`create_gsnet_clip`) and, with `use_rsib`, the DINO RSIB (`build_dino`,
+    """Create CLIP (`create_clip_and_tokenizer`, as CAT-Seg does) and, with `use_rsib`, the DINO RSIB (`build_dino`,
     loading `dino_weights` when given; None = random init), then build GSNet around them.
 
     The DINO is built first so that a missing RSIB file fails before CLIP weights are read.
@@ -484,6 +389,5 @@ def build_gsnet_model(
             key_check=dino_key_check,
             trusted=trusted,
         )
-    clip, tokenizer = create_gsnet_clip(arch, clip_weights, model_config, quick_gelu, trusted)
-    template_list = get_templates(templates) if isinstance(templates, str) else validate_templates(templates)
-    return GsNetModel(clip, tokenizer, template_list, dino, **kwargs)
+    clip, tokenizer = create_clip_and_tokenizer(arch, clip_weights, model_config, quick_gelu, trusted)
+    return GsNetModel(clip, tokenizer, resolve_template_list(templates), dino, **kwargs)

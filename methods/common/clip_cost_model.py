@@ -1,0 +1,227 @@
+"""What CAT-Seg and GSNet share around their heads: the CLIP they are built from and the
+trainable split-q/k/v towers that produce the cost volume's two sides.
+
+- `create_clip_and_tokenizer`: the CLIP both official codes build (OpenAI's CLIP class, so
+  QuickGELU on a named architecture without a pretrained tag, RemoteCLIP included) and its
+  tokenizer.
+- `SplitClipCostModel`: base module holding ``image_encoder`` (split q/k/v visual tower),
+  ``text_encoder`` and the template class encoder; the parameter groups (trainable CLIP vs
+  everything else), text caching that is valid only while the text tower is not training,
+  the dense CLIP map with its guidance upsamplers, and the per-pixel BCE loss.
+
+Subclasses own their heads and state-dict names; the names defined here (``image_encoder``,
+``text_encoder``, ``upsample1``, ``upsample2``) are the ones both official layouts map to.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import open_clip
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, DenseImageFeatures
+from methods.common.clip_loading import create_clip, create_tokenizer, looks_like_file
+from methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
+from methods.common.cost_aggregation import per_pixel_bce_loss
+from methods.common.prompts import get_templates, validate_templates
+from methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
+
+__all__ = [
+    "SplitClipCostModel",
+    "create_clip_and_tokenizer",
+    "crop_to_image",
+    "resolve_template_list",
+    "set_mlp_activation",
+]
+
+
+def set_mlp_activation(clip: nn.Module, activation: type[nn.Module]) -> int:
+    """Use `activation` in every transformer MLP of `clip` (both towers); returns how many.
+
+    The activation holds no weights, so swapping it after loading is exact. This is how an
+    open_clip-format file loaded into a named architecture (RemoteCLIP, which the official
+    codes load into OpenAI's CLIP class) or a random-init named architecture gets QuickGELU,
+    without giving up the loader's shape inference for OpenAI `.pt` files.
+    """
+    swapped = 0
+    for module in clip.modules():
+        mlp = getattr(module, "mlp", None)
+        if isinstance(mlp, nn.Sequential) and hasattr(mlp, "gelu"):
+            mlp.gelu = activation()
+            swapped += 1
+    return swapped
+
+
+def create_clip_and_tokenizer(
+    arch: str = "ViT-B-16",
+    clip_weights: str | None = "openai",
+    model_config: Mapping[str, Any] | None = None,
+    quick_gelu: bool | None = True,
+    trusted: bool = False,
+) -> tuple[nn.Module, Tokenizer]:
+    """The CLIP model (`create_clip`) and its tokenizer.
+
+    `quick_gelu` forces the MLP activation of a named architecture built without a pretrained
+    tag (random init or a weights file): OpenAI's CLIP class, which the official codes use,
+    has QuickGELU. Pretrained tags set their own; an explicit `model_config` carries its own.
+    """
+    clip = create_clip(arch, clip_weights, model_config, trusted=trusted)
+    is_tag = clip_weights is not None and not looks_like_file(clip_weights)
+    if model_config is None and quick_gelu is not None and not is_tag:
+        set_mlp_activation(clip, open_clip.transformer.QuickGELU if quick_gelu else nn.GELU)
+    return clip, create_tokenizer(arch, clip, model_config)
+
+
+def resolve_template_list(templates: str | Sequence[str]) -> list[str]:
+    """A template-set name or a list of templates -> the validated list."""
+    return get_templates(templates) if isinstance(templates, str) else validate_templates(templates)
+
+
+def crop_to_image(logits: Tensor, image_size: tuple | None, padded_size: tuple | None) -> Tensor:
+    """Logits over the zero-padded canvas -> logits over the image part only."""
+    if image_size is None or padded_size is None or tuple(image_size) == tuple(padded_size):
+        return logits
+    canvas = F.interpolate(logits, size=tuple(padded_size), mode="bilinear", align_corners=False)
+    return canvas[..., : image_size[0], : image_size[1]]
+
+
+def _clear_text_cache_after_load(module: "SplitClipCostModel", incompatible_keys: Any) -> None:
+    # A module-level function rather than a lambda keeps the model picklable.
+    module.clear_text_cache()
+
+
+class SplitClipCostModel(nn.Module):
+    """Base of the CLIP cost-volume models (see module docstring).
+
+    Args:
+        clip: an open_clip CLIP (ViT image tower); converted to split q/k/v in place.
+        tokenizer: prompt strings -> token ids.
+        templates: prompt templates (P cost channels).
+        last_block: dense last-block mode (`LAST_BLOCK_MODES`, "catseg" official).
+        clip_finetune: `CLIP_FINETUNE_MODES` ("attention" = q/v weights of both towers).
+        synonyms: "first" (official) or "average".
+        config_error: the exception class a subclass reports bad settings with.
+    """
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        tokenizer: Tokenizer,
+        templates: Sequence[str],
+        *,
+        last_block: str,
+        clip_finetune: str,
+        synonyms: str,
+        config_error: type[Exception] = ValueError,
+    ) -> None:
+        super().__init__()
+        self._config_error = config_error
+        for what, value, allowed in (
+            ("last_block", last_block, LAST_BLOCK_MODES),
+            ("clip_finetune", clip_finetune, CLIP_FINETUNE_MODES),
+            ("synonyms mode", synonyms, SYNONYM_MODES),
+        ):
+            if value not in allowed:
+                raise config_error(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
+        split_qkv_attention(clip)
+        set_clip_finetuning(clip, clip_finetune)
+        self.image_encoder = ClipImageEncoder(clip.visual)
+        self.text_encoder = ClipTextEncoder(clip)
+        self.templates = validate_templates(templates)
+        self.class_encoder = TemplateClassEncoder(tokenizer, self.templates, synonyms)
+        self.last_block = last_block
+        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
+
+    # ------------------------------------------------------------ construction
+    def clip_grid(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """The CLIP patch grid of an (h, w) input; the input must be a multiple of the patch."""
+        patch_h, patch_w = self.image_encoder.patch_size
+        if image_size[0] % patch_h or image_size[1] % patch_w:
+            raise self._config_error(f"image_size {image_size} is not a multiple of the CLIP patch {(patch_h, patch_w)}")
+        return image_size[0] // patch_h, image_size[1] // patch_w
+
+    def check_guidance_blocks(self, guidance_blocks: Sequence[int]) -> tuple[int, int]:
+        """Two 0-based CLIP block indices before the (dense) last block."""
+        blocks = tuple(int(b) for b in guidance_blocks)
+        last = self.image_encoder.num_blocks - 1
+        if len(blocks) != 2 or not all(0 <= b < last for b in blocks):
+            raise self._config_error(f"guidance_blocks must be two CLIP block indices in 0..{last - 1}, got {list(guidance_blocks)}")
+        return blocks  # type: ignore[return-value]
+
+    def make_clip_upsamplers(self, guidance_dims: Sequence[int]) -> tuple[nn.ConvTranspose2d, nn.ConvTranspose2d]:
+        """`upsample1` ConvT(width -> g1, k2 s2) and `upsample2` ConvT(width -> g2, k4 s4):
+        the CLIP decoder guidance at 2x and 4x the grid."""
+        width = self.image_encoder.width
+        return (
+            nn.ConvTranspose2d(width, guidance_dims[0], kernel_size=2, stride=2),
+            nn.ConvTranspose2d(width, guidance_dims[1], kernel_size=4, stride=4),
+        )
+
+    # ---------------------------------------------------------------- parameters
+    def _clip_parameter_ids(self) -> set[int]:
+        return {id(p) for p in self.image_encoder.parameters()} | {id(p) for p in self.text_encoder.parameters()}
+
+    def clip_parameters(self) -> list[nn.Parameter]:
+        """Trainable CLIP parameters (q/v weights of both towers with the official setting)."""
+        towers = list(self.image_encoder.parameters()) + list(self.text_encoder.parameters())
+        return [p for p in towers if p.requires_grad]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """Trainable parameters outside CLIP (everything the subclass adds)."""
+        clip_ids = self._clip_parameter_ids()
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in clip_ids]
+
+    # ---------------------------------------------------------------------- text
+    def train(self, mode: bool = True) -> "SplitClipCostModel":
+        # Cached evaluation embeddings go stale as soon as training changes the text tower.
+        if mode:
+            self.class_encoder.clear_embeddings()
+        return super().train(mode)
+
+    def clear_text_cache(self) -> None:
+        self.class_encoder.clear_embeddings()
+
+    def class_embeddings(self, classes: ClassNames) -> Tensor:
+        """(T, P, D) L2-normalised; re-encoded with gradients in training, cached in evaluation."""
+        return self.class_encoder(self.text_encoder, classes, cache=not self.training)
+
+    def batched_class_embeddings(self, classes: ClassNames, like: Tensor) -> Tensor:
+        """(B, T, P, D) class embeddings on the device of `like` (B = its batch size)."""
+        text = self.class_embeddings(classes).to(like.device)
+        return text.unsqueeze(0).expand(like.shape[0], -1, -1, -1)
+
+    # ------------------------------------------------------------------- image
+    def encode_clip(
+        self,
+        images: Tensor,
+        image_size: tuple[int, int],
+        pad_multiple: int,
+        guidance_blocks: Sequence[int],
+        upsamplers: tuple[nn.Module, nn.Module] | None,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None, DenseImageFeatures]:
+        """The dense CLIP map (B, D, h, w) in fp32, the upsampled guidance of `guidance_blocks`
+        (None without `upsamplers`) and the raw features (image and padded sizes)."""
+        blocks = tuple(guidance_blocks) if upsamplers is not None else ()
+        features = self.image_encoder.encode_resized(images, image_size, pad_multiple, self.last_block, blocks)
+        dense = features.dense.float()
+        if self.training and self.last_block != "attention":
+            # The official dense last block computes q and discards it: its q weight gets an
+            # exact zero gradient (AdamW still decays it) and DDP sees it used.
+            dense = attach_zero_grad(dense, self.image_encoder.blocks[-1].attn.q_proj_weight)
+        guidance = None
+        if upsamplers is not None:
+            guidance = (
+                upsamplers[0](features.block_maps[blocks[0]].float()),
+                upsamplers[1](features.block_maps[blocks[1]].float()),
+            )
+        return dense, guidance, features
+
+    # -------------------------------------------------------------------- loss
+    def loss(
+        self, images: Tensor, targets: Tensor, classes: ClassNames, ignore_index: int = 255, mask_ignored: bool = False
+    ) -> Tensor:
+        """Per-pixel BCE of the logits upsampled to the targets' size (official: ignored pixels
+        are all-negative targets and stay in the mean; `mask_ignored` leaves them out)."""
+        return per_pixel_bce_loss(self(images, classes), targets, ignore_index, mask_ignored)
