@@ -40,6 +40,10 @@ def _is_int(value: Any, minimum: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
 
 
+def is_path_or_null(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and bool(value.strip()))
+
+
 def _is_pair(value: Any, minimum: int = 1) -> bool:
     return isinstance(value, (list, tuple)) and len(value) == 2 and all(_is_int(v, minimum) for v in value)
 
@@ -103,8 +107,6 @@ class ClipCostVolumeConfig:
     pair_fields: ClassVar[tuple[str, ...]] = ("image_size", "feature_resolution", "decoder_dims", "decoder_guidance_dims")
     #: fields that must be true or false; subclasses extend.
     bool_fields: ClassVar[tuple[str, ...]] = ("mask_ignored",)
-    #: fields holding a weights file, a tag or null; subclasses extend.
-    weights_fields: ClassVar[tuple[str, ...]] = ("clip_weights",)
 
     def choices(self) -> dict[str, tuple[str, ...]]:
         """Fields restricted to a set of names; subclasses extend."""
@@ -123,10 +125,8 @@ class ClipCostVolumeConfig:
         fail = self.fail
         if not isinstance(self.arch, str) or not self.arch:
             fail("arch", "an open_clip model name")
-        for name in self.weights_fields:
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                fail(name, "a tag, a file path or null")
+        if not is_path_or_null(self.clip_weights):
+            fail("clip_weights", "a tag, a file path or null")
         if self.model_config is not None and not isinstance(self.model_config, dict):
             fail("model_config", "a mapping or null")
         for name in self.pair_fields:

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from adapters.catseg import convert_official_state_dict as convert_catseg_state_dict
 from adapters.catseg import to_official_state_dict as catseg_to_official
-from adapters.clip_cost_volume import ClipCostVolumeConfig, ClipCostVolumeSegmenter
+from adapters.clip_cost_volume import ClipCostVolumeConfig, ClipCostVolumeSegmenter, is_path_or_null
 from adapters.templates import resolve_templates
 from methods.common.clip_loading import ClipConfigError, ClipLoadingError
 from methods.common.clip_qkv import SplitQKVError
@@ -104,7 +104,6 @@ class GsNetConfig(ClipCostVolumeConfig):
     bool_fields: ClassVar[tuple[str, ...]] = (
         *ClipCostVolumeConfig.bool_fields, "use_clip", "use_rsib", "clip_decoder_guidance", "rsib_decoder_guidance"
     )
-    weights_fields: ClassVar[tuple[str, ...]] = ("clip_weights", "dino_weights")
 
     def choices(self) -> dict[str, tuple[str, ...]]:
         return {
@@ -119,6 +118,8 @@ class GsNetConfig(ClipCostVolumeConfig):
     def validate(self) -> None:
         """Raise ConfigError naming the first bad field."""
         super().validate()
+        if not is_path_or_null(self.dino_weights):
+            self.fail("dino_weights", "a file path or null")
         if any(d % 16 for d in self.decoder_dims):
             self.fail("decoder_dims", "two multiples of 16 (the decoder's GroupNorm uses C/16 groups)")
         if isinstance(self.dino_arch, str):

@@ -128,6 +128,11 @@ def test_bad_settings_are_one_line_config_errors():
     # The official pos-embed constant only fits 384 input at patch 8.
     with pytest.raises(ConfigError, match="pos_embed_resize"):
         tiny(dino_pos_embed_resize="official")
+    # The RSIB weights are a file, never an open_clip tag; CLIP's may be either.
+    with pytest.raises(ConfigError, match=r"gsnet: dino_weights must be a file path or null, got ' '"):
+        GsNetSegmenter(GsNetConfig(clip_weights=None, dino_weights=" "))
+    with pytest.raises(ConfigError, match=r"gsnet: clip_weights must be a tag, a file path or null, got 3"):
+        GsNetSegmenter(GsNetConfig(clip_weights=3, dino_weights=None))
 
 
 def test_rsib_weights_come_from_rsib_ckpt_like_the_official_code(monkeypatch, tmp_path):
