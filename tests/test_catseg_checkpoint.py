@@ -20,6 +20,7 @@ from adapters.catseg import CatSegConfig, CatSegSegmenter, convert_official_stat
 from methods.common.clip_qkv import pack_split_qkv
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError
+from checkpoint_fixtures import perturb_parameters
 
 TINY_CLIP = {
     "embed_dim": 32,
@@ -41,11 +42,7 @@ def tiny_segmenter(seed: int, **fields) -> CatSegSegmenter:
     config = CatSegConfig(**{**settings, **fields})
     torch.manual_seed(seed)
     segmenter = CatSegSegmenter(config).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # no zero-initialised entries left: every tensor must arrive from the file
-        for param in segmenter.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    return segmenter
+    return perturb_parameters(segmenter, seed)
 
 
 def batch() -> torch.Tensor:

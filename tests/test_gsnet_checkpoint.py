@@ -23,6 +23,7 @@ from methods.common.clip_qkv import pack_split_qkv
 from ovbench import registry
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError
+from checkpoint_fixtures import perturb_parameters
 
 VOCABULARY = Vocabulary(["road", "tree", "building", "water"])
 CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
@@ -33,11 +34,7 @@ def tiny(method: str = "gsnet", seed: int = 0, **model_overrides) -> GsNetSegmen
     resolved = registry.resolve_method(method, scale="tiny", overrides={"model": model_overrides} if model_overrides else None)
     torch.manual_seed(seed)
     segmenter = registry.build_segmenter(resolved).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():  # no zero-initialised entries left: every tensor must arrive from the file
-        for param in segmenter.parameters():
-            param.add_(torch.randn(param.shape, generator=generator) * 0.05)
-    return segmenter
+    return perturb_parameters(segmenter, seed)
 
 
 def batch() -> torch.Tensor:
