@@ -8,6 +8,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 import types
 import typing
 from pathlib import Path
@@ -81,6 +82,22 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
     return nested
 
 
+# YAML 1.1 (PyYAML) reads "1e-4" and "2E-6" as strings: it wants a dot before the exponent.
+# Where a number is expected, every spelling Python accepts as a decimal literal counts.
+_NUMBER = re.compile(r"^[+-]?(?:\d(?:_?\d)*(?:\.(?:\d(?:_?\d)*)?)?|\.\d(?:_?\d)*)(?:[eE][+-]?\d(?:_?\d)*)?$")
+
+
+def parse_number(value: Any) -> Any:
+    """`value` as an int or float when it is a string spelling a number ("1e-4", "2E-6",
+    ".5", "1_000"); anything else is returned unchanged."""
+    if isinstance(value, str) and _NUMBER.match(value.strip()):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?\d(?:_?\d)*", text):
+            return int(text)
+        return float(text)
+    return value
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -121,10 +138,14 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
         return dict(value)
     if tp is float:
+        value = parse_number(value)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if tp is int:
+        value = parse_number(value)
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)  # train.iters=1e4
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value

@@ -68,3 +68,28 @@ def test_config_hash_is_order_independent_and_sensitive():
     assert config_hash({"a": 1, "b": [1, 2]}) == config_hash({"b": [1, 2], "a": 1})
     assert config_hash({"a": 1}) != config_hash({"a": 2})
     assert config_hash(Outer()) == config_hash(Outer())
+
+
+@pytest.mark.parametrize("text, number", [("1e-4", 1e-4), ("2E-6", 2e-6), (".5", 0.5), ("1_000", 1000), ("-3", -3), ("+1.5e+2", 150.0)])
+def test_every_numeric_spelling_parses_where_a_number_is_expected(text, number):
+    @dataclass
+    class Optim:
+        lr: float = 0.1
+        steps: int = 1
+
+    key = "steps" if isinstance(number, int) else "lr"
+    built = getattr(build_dataclass(Optim, parse_overrides([f"{key}={text}"])), key)
+    assert built == number and type(built) is type(number)
+
+
+def test_number_like_text_stays_text_where_text_is_expected_and_junk_is_refused():
+    @dataclass
+    class Named:
+        tag: str = ""
+        lr: float = 0.1
+
+    assert build_dataclass(Named, {"tag": "1e-4"}).tag == "1e-4"
+    for junk in ("1e", "_1", "1__0", "abc", "1.2.3"):
+        with pytest.raises(ConfigError, match="expected a number"):
+            build_dataclass(Named, {"lr": junk})
+    assert build_dataclass(Named, {"lr": "1e4"}).lr == 1e4

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import json
@@ -156,24 +157,42 @@ def registered_names() -> dict[str, str]:
     return mapping
 
 
-def load_dataset_spec(name: str) -> FolderDatasetSpec:
-    """The spec of a catalog name, an official registration name, or a spec YAML path."""
+def _find_spec(name: str) -> tuple[Path, str]:
+    """(spec file, dataset name) of a catalog name, an official registration name or a spec path."""
     files = dataset_spec_files()
     if name in files:
-        path, spec_name = files[name], name
-    elif _is_spec_path(name):
-        path, spec_name = Path(name), Path(name).stem
-        if not path.is_file():
-            raise ConfigError(f"dataset spec file not found: {path}")
-    else:
-        registered = registered_names()
-        if name not in registered:
-            raise _unknown("dataset", name, set(files) | set(_toyland_splits()))
-        spec_name = registered[name]
-        path = files[spec_name]
+        return files[name], name
+    if _is_spec_path(name):
+        if not Path(name).is_file():
+            raise ConfigError(f"dataset spec file not found: {name}")
+        return Path(name), Path(name).stem
+    registered = registered_names()
+    if name not in registered:
+        raise _unknown("dataset", name, set(files) | set(_toyland_splits()))
+    return files[registered[name]], registered[name]
+
+
+def load_dataset_spec(name: str) -> FolderDatasetSpec:
+    """The spec of a catalog name, an official registration name, or a spec YAML path."""
+    path, spec_name = _find_spec(name)
     raw = load_yaml(path)
     raw.setdefault("name", spec_name)
-    return build_dataclass(FolderDatasetSpec, raw, f"dataset {spec_name}")
+    with _naming_spec_file(path):
+        spec = build_dataclass(FolderDatasetSpec, raw, f"dataset {spec_name}")
+        if isinstance(spec.vocabulary, list):
+            Vocabulary(spec.vocabulary)  # an empty or repeated inline vocabulary is the spec's fault
+    return spec
+
+
+@contextlib.contextmanager
+def _naming_spec_file(path: Path):
+    """Errors about a spec's content name the spec file, so the user knows what to edit."""
+    try:
+        yield
+    except (ConfigError, VocabularyError) as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 def build_dataset(name: str, data_root: str | Path | None):
@@ -193,7 +212,8 @@ def build_dataset(name: str, data_root: str | Path | None):
         spec = dataclasses.replace(spec, vocabulary_aliases=request.aliases)
     if data_root is None:
         raise DataError(f"dataset {spec.name} needs its data: pass --data-root DIR or set OVBENCH_DATA")
-    dataset = FolderDataset(spec, data_root)
+    with _naming_spec_file(_find_spec(request.base)[0]):
+        dataset = FolderDataset(spec, data_root)
     if request.file_list is not None:
         stems = read_file_list(request.file_list, (spec.image_suffix, *spec.mask_suffixes))
         dataset = dataset.restrict(stems, source=f"file list {request.file_list}", name=dataset.name)

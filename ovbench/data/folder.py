@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -109,6 +110,12 @@ def read_rgb(path: Path) -> np.ndarray:
     """
     try:
         with Image.open(path) as img:
+            unsupported = _unsupported_layout(img)
+            if unsupported:
+                raise DataError(
+                    f"{path}: unsupported image ({unsupported}); ovbench reads 8-bit RGB, RGBA, grayscale or palette "
+                    "images: convert it to 8-bit RGB first (band selection and scaling are not supported yet)"
+                )
             img.load()  # decode now: a truncated file fails here, not halfway through a batch
             if img.getexif().get(_EXIF_ORIENTATION, 1) in range(2, 9):
                 img = ImageOps.exif_transpose(img)
@@ -117,6 +124,42 @@ def read_rgb(path: Path) -> np.ndarray:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError(f"{path}: cannot decode image ({exc})") from None
+
+
+_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+_TIFF_SAMPLES_PER_PIXEL, _TIFF_EXTRA_SAMPLES = 277, 338
+_TIFF_ALPHA = (1, 2)  # ExtraSamples: associated / unassociated alpha
+
+
+def _unsupported_layout(img: Image.Image) -> str | None:
+    """What is found ("4 bands of uint16") when an image is not 8 bits per band RGB-like.
+
+    PIL reduces 16-bit RGB PNG/TIFF to 8 bits by dropping the low byte and reads a 4-band
+    multispectral TIFF as RGBA without a word; both give wrong pixels, so they are refused.
+    The raw mode of the first tile (known before decoding) tells the stored bit depth.
+    """
+    rawmode = ""
+    if img.tile:
+        args = img.tile[0].args
+        rawmode = args[0] if isinstance(args, tuple) and args and isinstance(args[0], str) else str(args or "")
+    depth = re.search(r";(\d+)([A-Z]*)", rawmode)
+    bits = int(depth.group(1)) if depth else 8
+    bands = len(img.getbands())
+    tags = getattr(img, "tag_v2", None)
+    if tags is not None:
+        bands = int(tags.get(_TIFF_SAMPLES_PER_PIXEL, bands))
+    if img.mode not in _EIGHT_BIT_MODES or bits > 8:
+        if img.mode == "F" or (depth and "F" in depth.group(2)):
+            dtype = f"float{bits if bits > 8 else 32}"
+        else:
+            dtype = f"{'int' if depth and 'S' in depth.group(2) else 'uint'}{bits if bits > 8 else 32}"
+        return f"{bands} band{'s' if bands != 1 else ''} of {dtype}"
+    if tags is not None and bands > 3:
+        extra = tags.get(_TIFF_EXTRA_SAMPLES, ())
+        extra = extra if isinstance(extra, tuple) else (extra,)
+        if bands > 4 or not extra or any(kind not in _TIFF_ALPHA for kind in extra):
+            return f"{bands} bands of uint8, the ones after the third not alpha"
+    return None
 
 
 def read_label_map(path: Path) -> np.ndarray:

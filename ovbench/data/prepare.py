@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ovbench.errors import ConfigError, DataError
-from ovbench.fileio import atomic_write_bytes
+from ovbench.fileio import atomic_write_bytes, remove_stale_temp_files
 
 __all__ = [
     "POTSDAM_CLASSES",
@@ -113,18 +113,6 @@ class PrepareReport:
 
 
 # --------------------------------------------------------------------------- atomic outputs
-
-
-def _remove_stale_temporaries(folder: Path) -> int:
-    """Delete what an interrupted writer left (`ovbench.fileio` names them `.<name>.<random>.tmp`)."""
-    removed = 0
-    if folder.is_dir():
-        with os.scandir(folder) as entries:
-            for entry in entries:
-                if entry.name.startswith(".") and entry.name.endswith(".tmp") and entry.is_file():
-                    Path(entry.path).unlink(missing_ok=True)
-                    removed += 1
-    return removed
 
 
 def _png_is_complete(path: Path, width: int | None = None, height: int | None = None) -> bool:
@@ -369,7 +357,7 @@ def prepare_potsdam(raw: str | Path, out: str | Path, *, tiles: str | Iterable[s
 
     for folder in (report.image_dir, report.mask_dir):
         folder.mkdir(parents=True, exist_ok=True)
-        report.removed_temporaries += _remove_stale_temporaries(folder)
+        report.removed_temporaries += remove_stale_temp_files(folder)
 
     task = progress.add_task("prepare potsdam", total=len(selected)) if progress is not None else None
     for tile in selected:
@@ -503,7 +491,7 @@ def prepare_floodnet(raw: str | Path, out: str | Path, *, progress=None) -> Prep
         raise DataError(f"no FloodNet image/label pairs under {root}")
     for folder in (report.image_dir, report.mask_dir):
         folder.mkdir(parents=True, exist_ok=True)
-        report.removed_temporaries += _remove_stale_temporaries(folder)
+        report.removed_temporaries += remove_stale_temp_files(folder)
     task = progress.add_task("prepare floodnet", total=len(pairs)) if progress is not None else None
     for stem, image, label in pairs:
         _copy_if_needed(image, report.image_dir / f"{stem}.jpg", report)
