@@ -1,13 +1,21 @@
 """Errors the command line turns into one clear line and a non-zero exit.
 
 Anything raised as an `OvbenchError` is a problem with the user's input or environment
-(a bad name, a missing file, a malformed config), not a bug; the CLI prints its message
-without a traceback.
+(a bad name, a missing file, a malformed config, a full disk), not a bug; the CLI prints its
+message without a traceback and exits with the error's `exit_code`.
 """
+
+from __future__ import annotations
+
+import errno
+import os
 
 
 class OvbenchError(Exception):
     """Base class for user-facing errors."""
+
+    #: the process exit status the CLI returns for this error
+    exit_code = 1
 
 
 class ConfigError(OvbenchError):
@@ -28,3 +36,45 @@ class VocabularyError(OvbenchError):
 
 class CheckpointError(OvbenchError):
     """A checkpoint is missing, unreadable or does not fit the model."""
+
+
+class StorageError(OvbenchError):
+    """A file or folder ovbench writes cannot be written (read-only place, full disk)."""
+
+
+class RunLockedError(OvbenchError):
+    """Another process holds the run's lock."""
+
+
+class Interrupted(OvbenchError):
+    """The user pressed Ctrl-C (SIGINT); the message says what was kept."""
+
+    exit_code = 130
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception's own first line, or its type name when it has no message."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def describe_os_error(exc: OSError, doing: str = "") -> str:
+    """One line naming the path and the reason: 'cannot write /x/y: No space left on device'."""
+    reason = exc.strerror or (errno.errorcode.get(exc.errno, "") if exc.errno else "") or first_line(exc)
+    path = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        path = f"{path} -> {exc.filename2}"
+    what = doing or _verb(exc)
+    return f"{what} {os.fsdecode(path)}: {reason}" if path != "" else f"{what}: {reason}"
+
+
+def _verb(exc: OSError) -> str:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return "cannot write"
+    if exc.errno == errno.ENOENT:
+        return "not found"
+    return "cannot access"
+
+
+def storage_error(exc: OSError, doing: str = "") -> StorageError:
+    return StorageError(describe_os_error(exc, doing))

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 
 from ovbench.data.vocabulary import Vocabulary
-from ovbench.errors import CheckpointError, OvbenchError
+from methods.common.state_dict import state_dict_mismatch
+from ovbench.errors import CheckpointError, OvbenchError, first_line
 
 if TYPE_CHECKING:
     from ovbench.eval.inference import InferenceMode
@@ -35,9 +36,8 @@ def load_torch_file(path: str | Path, trusted: bool = False) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=not trusted)
     except Exception as exc:  # torch raises several unrelated types for bad files
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         hint = "" if trusted else " (if you trust this file, pass --trust-checkpoint to load it without weights_only)"
-        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}{hint}") from None
+        raise CheckpointError(f"cannot load checkpoint {path}: {first_line(exc)}{hint}") from None
 
 
 class OpenVocabSegmenter(nn.Module, ABC):
@@ -90,10 +90,17 @@ class OpenVocabSegmenter(nn.Module, ABC):
         state = payload.get("model", payload) if isinstance(payload, dict) else None
         if not isinstance(state, dict):
             raise CheckpointError(f"{path}: not a state dict or a {{'model': state_dict}} checkpoint")
-        result = self.load_state_dict(state, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise CheckpointError(
-                f"{path}: does not fit {self.method_name}: {len(result.missing_keys)} missing keys "
-                f"(e.g. {result.missing_keys[:3]}), {len(result.unexpected_keys)} unexpected keys "
-                f"(e.g. {result.unexpected_keys[:3]})"
-            )
+        load_state_dict_checked(self, state, path, self.method_name or type(self).__name__)
+
+
+def load_state_dict_checked(module: nn.Module, state: dict, path: str | Path, name: str) -> None:
+    """Load `state` into `module` only when it fits key for key and shape for shape; otherwise
+    one `CheckpointError` line naming the file and what does not fit (torch would raise a
+    multi-line RuntimeError for a shape mismatch even with strict=False)."""
+    mismatch = state_dict_mismatch(state, module.state_dict())
+    if mismatch:
+        raise CheckpointError(f"{path}: does not fit {name}: {mismatch}")
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:  # e.g. a non-tensor value where a tensor belongs
+        raise CheckpointError(f"{path}: does not fit {name}: {first_line(exc)}") from None

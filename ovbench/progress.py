@@ -11,21 +11,43 @@ from rich.progress import (
     Task,
     TaskID,
     TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
 #: progress and status go to stderr so that stdout carries only results (tables, CSV)
-stderr_console = Console(stderr=True, soft_wrap=True)
+stderr_console = Console(stderr=True, soft_wrap=True, emoji=False)
 
 
-class RateColumn(ProgressColumn):
-    """Steps per second (iterations while training, images while evaluating)."""
+def format_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-:--:--"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def _speed(task: Task) -> float | None:
+    return task.finished_speed or task.speed
+
+
+def _remaining(task: Task) -> float | None:
+    speed = _speed(task)
+    if task.total is None or not speed:
+        return None
+    return max(task.total - task.completed, 0) / speed
+
+
+class TimingColumn(ProgressColumn):
+    """One rate, one elapsed time and one ETA, each labelled ("3.45 it/s  elapsed 0:00:12  eta 0:00:05")."""
 
     def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-- /s" if speed is None else f"{speed:.2f}/s", style="progress.data.speed")
+        return Text(timing_text(task), style="progress.data.speed")
+
+
+def timing_text(task: Task) -> str:
+    speed = _speed(task)
+    unit = task.fields.get("unit", "it")
+    rate = f"-- {unit}/s" if speed is None else f"{speed:.2f} {unit}/s"
+    return f"{rate}  elapsed {format_duration(task.elapsed or 0.0)}  eta {format_duration(_remaining(task))}"
 
 
 class ProgressReporter:
@@ -40,13 +62,11 @@ class ProgressReporter:
         self._done: dict[TaskID, int] = {}
         if not quiet:
             self._progress = Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
+                TextColumn("{task.description}", style="bold", markup=False),
+                BarColumn(bar_width=24),
                 MofNCompleteColumn(),
-                RateColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
+                TextColumn("{task.fields[status]}", markup=False),
+                TimingColumn(),
                 console=self.console,
                 transient=False,
                 disable=not self.console.is_terminal,
@@ -61,10 +81,11 @@ class ProgressReporter:
         if self._progress is not None:
             self._progress.stop()
 
-    def add_task(self, description: str, total: int | None) -> TaskID | None:
+    def add_task(self, description: str, total: int | None, unit: str = "it") -> TaskID | None:
+        """A bar of `total` steps; `unit` names a step in the rate ("it", "img")."""
         if self._progress is None:
             return None
-        task = self._progress.add_task(description, total=total, status="")
+        task = self._progress.add_task(description, total=total, status="", unit=unit)
         self._totals[task] = total
         self._descriptions[task] = description
         self._done[task] = 0
@@ -77,13 +98,18 @@ class ProgressReporter:
             self._done[task] += amount
             if status and not self.console.is_terminal:
                 # no live bar in a log file: each status update becomes one plain line
-                self.console.print(f"{self._descriptions[task]} {self._done[task]}/{self._totals[task]}  {status}", highlight=False)
+                line = f"{self._descriptions[task]} {self._done[task]}/{self._totals[task]}  {status}  {timing_text(self._progress.tasks[self._index(task)])}"
+                self.console.print(line, highlight=False, markup=False)
 
     def finish(self, task: TaskID | None) -> None:
         if self._progress is not None and task is not None:
             self._progress.update(task, completed=self._totals.get(task))
 
+    def _index(self, task: TaskID) -> int:
+        return next(i for i, candidate in enumerate(self._progress.tasks) if candidate.id == task)
+
     def log(self, message: str) -> None:
+        """A plain line: messages carry paths and names, never rich markup."""
         if not self.quiet:
-            self.console.print(message, highlight=False)
+            self.console.print(message, highlight=False, markup=False)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ovbench.config import build_dataclass, configs_dir, deep_merge, load_yaml, to_plain
-from ovbench.errors import ConfigError, OvbenchError, RegistryError
+from ovbench.errors import ConfigError, OvbenchError, RegistryError, first_line
 from ovbench.engine.trainer import TrainConfig
 from ovbench.eval.inference import InferenceConfig, build_inference
 
@@ -217,8 +217,7 @@ def build_segmenter(resolved: ResolvedMethod, trust_checkpoints: bool = False):
         raise
     except (ValueError, RuntimeError, OSError) as exc:
         # methods/ cannot raise ovbench errors; their plain errors about weights and shapes are user-facing
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise OvbenchError(f"cannot build {resolved.name}: {message}") from None
+        raise OvbenchError(f"cannot build {resolved.name}: {first_line(exc)}") from None
 
 
 # --------------------------------------------------------------------------- datasets

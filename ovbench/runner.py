@@ -5,6 +5,7 @@ own vocabulary, append records."""
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,9 +14,11 @@ import yaml
 from rich.console import Console
 
 from ovbench.config import build_dataclass, config_hash, parse_overrides, load_yaml
-from ovbench.errors import ConfigError, OvbenchError
+from ovbench.engine.checkpoint import checkpoint_origin
+from ovbench.engine.lock import RunLock
+from ovbench.errors import ConfigError, Interrupted, OvbenchError, StorageError
 from ovbench.eval.evaluate import DatasetResult, evaluate_dataset, resolve_device
-from ovbench.fileio import atomic_write_text
+from ovbench.fileio import atomic_write_text, remove_stale_temp_files
 from ovbench.progress import ProgressReporter
 from ovbench.registry import (
     ResolvedMethod,
@@ -34,7 +37,7 @@ DEFAULT_BENCHMARK = "toyland"
 REAL_BENCHMARK = "ovrsiss"
 TOYLAND_NOTICE = (
     "no benchmark given and no data configured: running the embedded synthetic benchmark "
-    "'toyland' (tiny models); use --benchmark ovrsiss --data-root DIR for the paper's"
+    "'toyland' (tiny models); use --benchmark ovrsiss --data-root DIR to run the paper's benchmark"
 )
 
 
@@ -46,7 +49,8 @@ class EvalRequest:
     checkpoint: Path | None = None
     clip_weights: str | None = None
     scale: str | None = None
-    protocol: str = "zeroshot"
+    #: None: the protocol of the run a training checkpoint came from, else "zeroshot"
+    protocol: str | None = None
     data_root: Path | None = None
     device: str = "auto"
     batch_size: int | None = None
@@ -192,29 +196,52 @@ def run_evaluation(request: EvalRequest, console: Console) -> list[DatasetResult
     segmenter.to(device)
 
     if announce_toyland:
-        console.print(TOYLAND_NOTICE, highlight=False)
+        console.print(TOYLAND_NOTICE, highlight=False, markup=False)
     store = ResultStore(request.store_path)
-    run_id = new_run_id(request.method)
+    run_id = new_run_id(_display_name(request.method))
     resolved_dict = resolved.as_dict()
     resolved_dict["checkpoint"] = str(request.checkpoint) if request.checkpoint else None
+    # weights from an ovbench training run are that run's protocol, training set and iterations
+    origin = checkpoint_origin(request.checkpoint) if request.checkpoint is not None else None
+    trained = origin is not None and origin.get("protocol") not in (None, "zeroshot")
     fields = {
         "run_id": run_id,
-        "method": Path(request.method).stem if request.method.endswith((".yaml", ".yml")) else request.method,
-        "protocol": request.protocol,
+        "method": _display_name(request.method),
+        "protocol": request.protocol or (origin["protocol"] if trained else "zeroshot"),
         "benchmark": benchmark_name,
+        "train_set": origin.get("train_set") if trained else None,
         "seed": request.seed,
+        "iterations": origin.get("iterations") if trained else None,
         "config_hash": config_hash(resolved_dict),
     }
     with ProgressReporter(quiet=request.quiet, console=console) as progress:
-        results = evaluate_and_record(
-            segmenter, datasets, fields=fields, extra={"scale": resolved.scale, "checkpoint": resolved_dict["checkpoint"]},
-            store=store, batch_size=resolved.config.eval.batch_size, device=device, progress=progress,
-        )
+        try:
+            results = evaluate_and_record(
+                segmenter, datasets, fields=fields,
+                extra={"scale": resolved.scale, "checkpoint": resolved_dict["checkpoint"],
+                       "source_run": origin.get("run_id") if origin else None},
+                store=store, batch_size=resolved.config.eval.batch_size, device=device, progress=progress,
+            )
+        except KeyboardInterrupt:
+            raise Interrupted("interrupted: evaluation stopped; sets finished before it keep their records") from None
     progress.log(f"appended {len(results)} records to {store.path} (run {run_id})")
     return results
 
 
 # --------------------------------------------------------------------------- training runs
+
+
+_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+def check_run_id(run_id: str) -> str:
+    """A run id names one folder under $OVBENCH_HOME/runs: letters, digits, '.', '_', '-'."""
+    if not isinstance(run_id, str) or not _RUN_ID.match(run_id) or ".." in run_id:
+        raise ConfigError(
+            f"bad run id {run_id!r}: a run id is a plain name (letters, digits, '.', '_', '-'; no '/' or '..'), "
+            "the run lives in $OVBENCH_HOME/runs/<run id>"
+        )
+    return run_id
 
 
 def runs_dir() -> Path:
@@ -255,10 +282,11 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
     import torch
 
     from ovbench.engine.distributed import init_distributed, shutdown
-    from ovbench.engine.trainer import Trainer
     from ovbench.interface import OpenVocabSegmenter
-    from ovbench.results.store import ResultStore, new_run_id
+    from ovbench.results.store import new_run_id
 
+    if request.run_id is not None:
+        check_run_id(request.run_id)
     data_root = resolve_data_root(Path(request.data_root) if request.data_root else None)
     benchmark_name = choose_benchmark(request.benchmark, data_root)
     benchmark = load_benchmark(benchmark_name)
@@ -266,7 +294,6 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
     extra_overrides = {"train": {"iters": request.iters}} if request.iters is not None else None
     resolved = _resolve(request.method, request.overrides, scale=request.scale, benchmark_scale=benchmark.scale,
                         clip_weights=request.clip_weights, extra=extra_overrides)
-    train_cfg = resolved.config.train
     method = _display_name(request.method)
 
     # ---- every check that can fail on bad input, before any training
@@ -297,65 +324,121 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
             segmenter.load_checkpoint(request.checkpoint, trusted=request.trust_checkpoint)
 
         # ---- the run directory (rank 0 names it; every rank agrees on the id)
-        run_id = request.run_id or new_run_id(method)
+        run_id = check_run_id(request.run_id or new_run_id(method))
         if dist.enabled:
             shared = [run_id]
             torch.distributed.broadcast_object_list(shared, src=0)
             run_id = shared[0]
         request.run_id = run_id
         run_dir = runs_dir() / run_id
-        if dist.is_main:
-            if (run_dir / "request.yaml").exists() and not resume:
-                raise OvbenchError(f"run {run_id} already exists at {run_dir}: continue it with --resume {run_id}")
-            run_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(run_dir / "request.yaml", yaml.safe_dump(asdict(request), sort_keys=False))
-            resolved_dict = {**resolved.as_dict(), "protocol": protocol.name, "benchmark": benchmark_name,
-                             "train_set": train_set_name if protocol.train else None, "seed": request.seed,
-                             "checkpoint": request.checkpoint}
-            atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved_dict, sort_keys=False))
-            if train_set is not None and hasattr(train_set, "save_file_list"):
-                # seeded subsets are not published anywhere: the run keeps the exact stems it saw
-                train_set.save_file_list(run_dir / "train_files.txt")
-        else:
-            resolved_dict = {}
+        resolved_dict = {**resolved.as_dict(), "protocol": protocol.name, "benchmark": benchmark_name,
+                         "train_set": train_set_name if protocol.train else None, "seed": request.seed,
+                         "checkpoint": request.checkpoint}
+        # one process at a time per run: a second `--resume` of the same run stops here
+        lock = RunLock(run_dir, run_id).acquire() if dist.is_main else None
+        try:
+            return _train_and_evaluate(
+                request, console, resume=resume, run_id=run_id, run_dir=run_dir, resolved=resolved,
+                resolved_dict=resolved_dict, protocol=protocol, benchmark_name=benchmark_name,
+                train_set_name=train_set_name, train_set=train_set, eval_sets=eval_sets, segmenter=segmenter,
+                dist=dist, method=method,
+            )
+        finally:
+            if lock is not None:
+                lock.release()
+    finally:
+        shutdown(dist)
 
-        if benchmark_name == DEFAULT_BENCHMARK and request.benchmark is None and dist.is_main:
-            console.print(TOYLAND_NOTICE, highlight=False)
-        quiet = request.quiet or not dist.is_main
-        with ProgressReporter(quiet=quiet, console=console) as progress:
-            progress.log(f"run {run_id}: {method}, protocol {protocol.name}, {run_dir}")
-            iterations, resumed_from = 0, 0
-            if protocol.train:
-                trainer = Trainer(
-                    segmenter, train_set, train_cfg, run_dir, seed=request.seed, dist=dist, progress=progress,
-                    extra_state={"method": method, "run_id": run_id, "config": resolved_dict},
+
+def _hash_without_seed(resolved_dict: dict[str, Any]) -> str:
+    """Runs that differ only in their seed share a config hash: the table averages exactly those."""
+    return config_hash({key: value for key, value in resolved_dict.items() if key != "seed"})
+
+
+def _train_and_evaluate(request: RunRequest, console: Console, *, resume: bool, run_id: str, run_dir: Path, resolved,
+                        resolved_dict: dict[str, Any], protocol, benchmark_name: str, train_set_name: str | None,
+                        train_set, eval_sets: list, segmenter, dist, method: str) -> RunOutcome:
+    """The part of a run that holds its lock: the run directory, training, evaluation."""
+    from ovbench.engine.checkpoint import latest_checkpoint
+    from ovbench.engine.trainer import Trainer
+    from ovbench.results.store import ResultStore
+
+    store = ResultStore(request.store_path)
+    if dist.is_main:
+        if (run_dir / "request.yaml").exists() and not resume:
+            raise OvbenchError(f"run {run_id} already exists at {run_dir}: continue it with --resume {run_id}")
+        for folder in (run_dir, run_dir / "checkpoints"):
+            # what atomic writes killed mid-way left; nobody else writes here while we hold the lock
+            remove_stale_temp_files(folder)
+        done_sets = {r.get("eval_set") for r in store.read() if r.get("run_id") == run_id} if resume else set()
+        if resume:
+            found = latest_checkpoint(run_dir / "checkpoints")
+            trained = found[0] if found else 0
+            target = resolved.config.train.iters if protocol.train else 0
+            if trained >= target and all(d.name in done_sets for d in eval_sets):
+                console.print(
+                    f"run {run_id} is finished: {trained} iterations trained and a record for each of its "
+                    f"{len(eval_sets)} evaluation sets in {store.path}; nothing to do (ovbench table shows it)",
+                    highlight=False, markup=False,
                 )
+                return RunOutcome(run_id, run_dir, [], trained, trained)
+        atomic_write_text(run_dir / "request.yaml", yaml.safe_dump(asdict(request), sort_keys=False))
+        atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(resolved_dict, sort_keys=False))
+        if train_set is not None and hasattr(train_set, "save_file_list"):
+            # seeded subsets are not published anywhere: the run keeps the exact stems it saw
+            train_set.save_file_list(run_dir / "train_files.txt")
+    else:
+        done_sets = set()
+
+    if benchmark_name == DEFAULT_BENCHMARK and request.benchmark is None and dist.is_main:
+        console.print(TOYLAND_NOTICE, highlight=False, markup=False)
+    quiet = request.quiet or not dist.is_main
+    resume_hint = f"ovbench run --resume {run_id}"
+    with ProgressReporter(quiet=quiet, console=console) as progress:
+        progress.log(f"run {run_id}: {method}, protocol {protocol.name}, {run_dir}")
+        iterations, resumed_from = 0, 0
+        if protocol.train:
+            trainer = Trainer(
+                segmenter, train_set, resolved.config.train, run_dir, seed=request.seed, dist=dist, progress=progress,
+                extra_state={"method": method, "run_id": run_id, "config": resolved_dict},
+            )
+            try:
                 summary = trainer.train(resume=resume)
-                iterations, resumed_from = summary.iterations, summary.resumed_from
-                if summary.resumed_from:
-                    progress.log(f"resumed at iteration {summary.resumed_from}")
-            results: list[DatasetResult] = []
+            except KeyboardInterrupt:
+                found = latest_checkpoint(run_dir / "checkpoints")
+                kept = f"its last checkpoint is iteration {found[0]}" if found else "no checkpoint was written yet"
+                raise Interrupted(f"interrupted: run {run_id} stopped in training; {kept}; continue with {resume_hint}") from None
+            except StorageError as exc:
+                raise StorageError(f"{exc}; once there is room, continue with {resume_hint}") from None
+            iterations, resumed_from = summary.iterations, summary.resumed_from
+            if summary.resumed_from:
+                progress.log(f"resumed at iteration {summary.resumed_from}")
             if dist.is_main:
-                store = ResultStore(request.store_path)
-                done_sets = {r["eval_set"] for r in store.read() if r.get("run_id") == run_id} if resume else set()
-                fields = {
-                    "run_id": run_id,
-                    "method": method,
-                    "protocol": protocol.name,
-                    "benchmark": benchmark_name,
-                    "train_set": train_set_name if protocol.train else None,
-                    "train_size": len(train_set) if train_set is not None else None,
-                    "seed": request.seed,
-                    "iterations": iterations,
-                    "config_hash": config_hash(resolved_dict),
-                }
-                extra = {"scale": resolved.scale, "run_dir": str(run_dir), "checkpoint": request.checkpoint,
-                         "job_key": request.job_key, "label": request.label, "world_size": dist.world_size}
-                segmenter.to(dist.device)
+                remove_stale_temp_files(run_dir / "checkpoints")
+        results: list[DatasetResult] = []
+        if dist.is_main:
+            fields = {
+                "run_id": run_id,
+                "method": method,
+                "protocol": protocol.name,
+                "benchmark": benchmark_name,
+                "train_set": train_set_name if protocol.train else None,
+                "train_size": len(train_set) if train_set is not None else None,
+                "seed": request.seed,
+                "iterations": iterations,
+                "config_hash": _hash_without_seed(resolved_dict),
+            }
+            extra = {"scale": resolved.scale, "run_dir": str(run_dir), "checkpoint": request.checkpoint,
+                     "job_key": request.job_key, "label": request.label, "world_size": dist.world_size}
+            segmenter.to(dist.device)
+            try:
                 results = evaluate_and_record(
                     segmenter, [d for d in eval_sets if d.name not in done_sets], fields=fields, extra=extra,
                     store=store, batch_size=resolved.config.eval.batch_size, device=dist.device, progress=progress,
                 )
-        return RunOutcome(run_id, run_dir, results, iterations, resumed_from)
-    finally:
-        shutdown(dist)
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted: run {run_id} stopped in evaluation; sets already evaluated keep their records; "
+                    f"continue with {resume_hint}"
+                ) from None
+    return RunOutcome(run_id, run_dir, results, iterations, resumed_from)

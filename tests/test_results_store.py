@@ -291,3 +291,24 @@ def test_utc_timestamp_is_accepted_by_records() -> None:
     stamp = utc_timestamp()
     assert stamp.endswith("Z")
     assert ResultRecord(**make_record(timestamp=stamp)).timestamp == stamp
+
+
+def test_an_append_that_runs_out_of_space_leaves_the_store_byte_identical(tmp_path: Path, monkeypatch) -> None:
+    """A full disk fails part-way through a write: the bytes that did land are cut away again."""
+    store = ResultStore(tmp_path / "results.jsonl")
+    store.append([make_record(run_id="kept")])
+    before = store.path.read_bytes()
+    real_write = os.write
+
+    def write_part_then_fail(descriptor, data):
+        if len(data) > 100:
+            real_write(descriptor, bytes(data[:100]))  # what fitted on the disk
+            return 100
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_module.os, "write", write_part_then_fail)
+    with pytest.raises(DataError, match=r"No space left on device; no record was written and the store is unchanged"):
+        store.append([make_record(run_id="lost", per_class_iou={f"c{i}": 1.0 for i in range(50)})])
+    monkeypatch.undo()
+    assert store.path.read_bytes() == before
+    assert [r["run_id"] for r in store.read()] == ["kept"]

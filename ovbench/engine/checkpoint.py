@@ -61,12 +61,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
-    """Serialise to memory first, then temp file + rename: a kill at any moment leaves either
-    the previous file or the complete new one."""
+def encode_checkpoint(payload: dict[str, Any]) -> bytes:
+    """The checkpoint file's bytes: a snapshot of `payload` as it is now."""
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def save_checkpoint(path: Path, payload: dict[str, Any] | bytes) -> None:
+    """Serialise to memory first, then temp file + rename: a kill at any moment leaves either
+    the previous file or the complete new one."""
+    atomic_write_bytes(path, payload if isinstance(payload, bytes) else encode_checkpoint(payload))
 
 
 def load_checkpoint(path: Path, trusted: bool = False) -> dict[str, Any]:
@@ -74,6 +79,31 @@ def load_checkpoint(path: Path, trusted: bool = False) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not an ovbench training checkpoint")
     return payload
+
+
+def checkpoint_origin(path: str | Path) -> dict[str, Any] | None:
+    """What run an ovbench training checkpoint came from ({protocol, train_set, iterations,
+    run_id, method, benchmark}), or None for any other file.
+
+    Memory-maps the file (torch's zip format) and reads only the small metadata entries, so
+    it costs little even for a large checkpoint; anything unreadable counts as "not ours"
+    and is left to the real load to report.
+    """
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - legacy/official formats, corrupt files: not a training checkpoint
+        return None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        return None
+    config = payload.get("config") if isinstance(payload.get("config"), dict) else {}
+    return {
+        "run_id": payload.get("run_id"),
+        "method": payload.get("method"),
+        "protocol": config.get("protocol"),
+        "benchmark": config.get("benchmark"),
+        "train_set": config.get("train_set"),
+        "iterations": payload.get("iteration"),
+    }
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:

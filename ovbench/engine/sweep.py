@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ovbench.config import load_yaml, parse_overrides, unknown_key_error
@@ -369,26 +370,22 @@ def plan_sweep(
     return plan
 
 
-def _plan_table(experiment: Experiment, plan: SweepPlan) -> Table:
+def _plan_table(experiment: Experiment, plan: SweepPlan, method_available: Callable[[str], bool] | None = None) -> Table:
     done_keys = {job.key() for job in plan.done}
     table = Table(title=f"sweep {experiment.name}: {len(plan.todo)} to run, {len(plan.done)} done")
     columns = ("#", "method", "label", "protocol", "benchmark", "train set", "seed", "overrides", "run id", "status")
     for column in columns:
         table.add_column(column, justify="right" if column in ("#", "seed") else "left")
     for number, job in enumerate(experiment.jobs, start=1):
-        status = "[green]done[/green]" if job.key() in done_keys else "[yellow]to run[/yellow]"
-        table.add_row(
-            str(number),
-            job.method,
-            job.label or "",
-            job.protocol,
-            job.benchmark,
-            job.train_set or "default",
-            str(job.seed),
-            " ".join(job.overrides),
-            job.run_id(),
-            status,
-        )
+        if job.key() in done_keys:
+            status = "[green]done[/green]"
+        elif method_available is not None and not method_available(job.method):
+            status = "[red]method not available[/red]"
+        else:
+            status = "[yellow]to run[/yellow]"
+        cells = (job.method, job.label or "", job.protocol, job.benchmark, job.train_set or "default", str(job.seed),
+                 " ".join(job.overrides), job.run_id())
+        table.add_row(str(number), *(escape(cell) for cell in cells), status)
     return table
 
 
@@ -401,6 +398,7 @@ def run_sweep(
     eval_sets_of: Callable[[str], int] | None = None,
     console: Console | None = None,
     keep_going: bool = False,
+    method_available: Callable[[str], bool] | None = None,
 ) -> SweepPlan:
     """Print the plan, then call `run_job` on every job not yet done, in order.
 
@@ -410,9 +408,12 @@ def run_sweep(
     """
     console = console or Console()
     plan = plan_sweep(experiment, records, eval_sets_of)
-    console.print(_plan_table(experiment, plan))
+    console.print(_plan_table(experiment, plan, method_available))
     if dry_run:
-        console.print(f"dry run: {len(plan.todo)} job(s) would run, {len(plan.done)} already done")
+        missing = sorted({job.method for job in plan.todo if method_available is not None and not method_available(job.method)})
+        runnable = len(plan.todo) - sum(1 for job in plan.todo if job.method in missing)
+        note = f"; {len(plan.todo) - runnable} need a method that is not available: {', '.join(missing)}" if missing else ""
+        console.print(f"dry run: {runnable} job(s) would run, {len(plan.done)} already done{note}", highlight=False, markup=False)
         return plan
     if not plan.todo:
         console.print(f"nothing to run: all {len(plan.done)} job(s) of {experiment.name} are done")
@@ -420,11 +421,11 @@ def run_sweep(
 
     failures: list[tuple[Job, Exception]] = []
     for number, job in enumerate(plan.todo, start=1):
-        console.print(f"[bold][{number}/{len(plan.todo)}][/bold] {job.describe()}", highlight=False)
+        console.print(f"[bold]\\[{number}/{len(plan.todo)}][/bold] {escape(job.describe())}", highlight=False)
         try:
             run_job(job)
         except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt still stops the sweep at once
-            console.print(f"[red]failed[/red] {job.run_id()}: {type(exc).__name__}: {exc}", highlight=False)
+            console.print(f"[red]failed[/red] {escape(job.run_id())}: {type(exc).__name__}: {escape(str(exc))}", highlight=False)
             if not keep_going:
                 raise
             failures.append((job, exc))
@@ -432,7 +433,7 @@ def run_sweep(
     if failures:
         console.print(f"[red]{len(failures)} of {len(plan.todo)} job(s) failed:[/red]")
         for job, exc in failures:
-            console.print(f"  {job.describe()}: {type(exc).__name__}: {exc}", highlight=False)
+            console.print(f"  {job.describe()}: {type(exc).__name__}: {exc}", highlight=False, markup=False)
         failed_ids = ", ".join(job.run_id() for job, _ in failures)
         raise OvbenchError(
             f"{len(failures)} of {len(plan.todo)} job(s) of sweep '{experiment.name}' failed: {failed_ids}"

@@ -16,9 +16,10 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ovbench.data.base import SegmentationDataset
 from ovbench.data.transforms import TrainTransform, TrainTransformConfig
-from ovbench.errors import ConfigError, OvbenchError
+from ovbench.errors import ConfigError, OvbenchError, first_line, storage_error
 from ovbench.engine.checkpoint import (
     checkpoint_name,
+    encode_checkpoint,
     latest_checkpoint,
     load_checkpoint,
     prune_checkpoints,
@@ -96,7 +97,7 @@ def _one_line(exc: BaseException) -> str:
     if "Original Traceback" in text:
         last = text.splitlines()[-1]
         return last.split(": ", 1)[1] if ": " in last else last
-    return text.splitlines()[0] if text else type(exc).__name__
+    return first_line(exc)
 
 
 class Trainer:
@@ -156,8 +157,11 @@ class Trainer:
 
     def _log(self, entry: dict[str, Any]) -> None:
         if self.dist.is_main:
-            with self.log_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(entry) + "\n")
+            try:
+                with self.log_path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(entry) + "\n")
+            except OSError as exc:
+                raise storage_error(exc, "cannot write training log") from None
 
     # ------------------------------------------------------------------ loop
     def train(self, resume: bool = False) -> TrainSummary:
@@ -185,8 +189,9 @@ class Trainer:
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             set_rng_state(state["rng"])
-            if self.dist.is_main:
-                self._truncate_log(start)
+        if resume and self.dist.is_main:
+            # also with no checkpoint yet: lines of a run killed before its first one are void
+            self._truncate_log(start)
         if start >= cfg.iters:
             return TrainSummary(start, start, found[1] if found else None, 0.0, None)
 
@@ -209,6 +214,10 @@ class Trainer:
         last_loss: float | None = None
         window_start, window_iters = time.perf_counter(), 0
         final_path: Path | None = None
+        # A checkpoint is written only once the weights it holds have given a finite loss on
+        # the next batch: a step can turn finite weights into ones that explode on the next
+        # forward (lr 1e30), and the file the divergence message names must really be good.
+        pending: tuple[Path, bytes] | None = None
         for iteration in range(start, cfg.iters):
             optimizer.zero_grad(set_to_none=True)
             loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
@@ -240,6 +249,10 @@ class Trainer:
             finite = torch.isfinite(mean_loss) & torch.isfinite(grad_norm.to(mean_loss.device).double())
             if scaler is None and not bool(finite):
                 self._diverged(iteration + 1, float(mean_loss), float(grad_norm))
+            if pending is not None:
+                save_checkpoint(*pending)
+                prune_checkpoints(self.checkpoint_dir, cfg.keep_checkpoints)
+                pending = None
             used_lrs = [group["lr"] for group in optimizer.param_groups]
             if scaler is not None:
                 scaler.step(optimizer)  # fp16 overflow: the scaler skips the step and lowers its scale
@@ -266,24 +279,34 @@ class Trainer:
                     }
                 )
                 window_start, window_iters = time.perf_counter(), 0
+                # rate, elapsed time and ETA come from the progress bar: one of each
                 status = f"loss {last_loss:.4f}  lr {lr:.2e}"
-                if rate:
-                    eta = int((cfg.iters - done) / rate)
-                    status += f"  {rate:.2f} it/s  eta {eta // 3600}:{eta % 3600 // 60:02d}:{eta % 60:02d}"
             else:
                 status = None
             if self.progress:
                 self.progress.advance(task, 1, status=status)
             if done % cfg.checkpoint_every == 0 or done == cfg.iters:
+                if not all(bool(torch.isfinite(p).all()) for p in trainable):
+                    self._diverged(done, float(mean_loss), float(grad_norm), weights=True)
                 if self.dist.is_main:
                     path = self.checkpoint_dir / checkpoint_name(done)
-                    save_checkpoint(path, self._payload(done, optimizer, scheduler, scaler))
-                    prune_checkpoints(self.checkpoint_dir, cfg.keep_checkpoints + (1 if done == cfg.iters else 0))
+                    encoded = encode_checkpoint(self._payload(done, optimizer, scheduler, scaler))
+                    if done == cfg.iters:  # no next batch to vouch for it; its weights are finite
+                        save_checkpoint(path, encoded)
+                        prune_checkpoints(self.checkpoint_dir, cfg.keep_checkpoints + 1)
+                    else:
+                        pending = (path, encoded)
                     final_path = path
         return TrainSummary(cfg.iters, start, final_path, time.perf_counter() - start_time, last_loss)
 
-    def _diverged(self, iteration: int, loss: float, grad_norm: float) -> None:
+    def _diverged(self, iteration: int, loss: float, grad_norm: float, weights: bool = False) -> None:
         found = latest_checkpoint(self.checkpoint_dir)
         where = f"the last good checkpoint is {found[1]}" if found else "no checkpoint was written yet"
-        what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
-        raise TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}")
+        if weights:
+            what = "the weights are no longer finite"
+        else:
+            what = f"loss is {loss}" if not math.isfinite(loss) else f"gradient norm is {grad_norm}"
+        optimizer = self.config.optimizer
+        advice = (f"start a new run with a lower learning rate (train.optimizer.lr, now {optimizer.lr:g})"
+                  + (" or gradient clipping (train.grad_clip=0.01)" if self.config.grad_clip is None else ""))
+        raise TrainingDiverged(f"training diverged at iteration {iteration}: {what}; {where}; {advice}")

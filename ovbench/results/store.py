@@ -473,25 +473,40 @@ class ResultStore:
             if fcntl is not None:
                 fcntl.flock(descriptor, fcntl.LOCK_EX)
             try:
-                # A writer killed mid-write leaves a line without its newline; start on a
-                # fresh line so that the torn line stays the only casualty.
                 size = os.fstat(descriptor).st_size
-                if size > 0 and os.pread(descriptor, 1, size - 1) != b"\n":
-                    data = b"\n" + data
-                view = memoryview(data)
-                while view:
-                    written = os.write(descriptor, view)
-                    view = view[written:]
-                os.fsync(descriptor)
+                try:
+                    # A writer killed mid-write leaves a line without its newline; start on a
+                    # fresh line so that the torn line stays the only casualty.
+                    if size > 0 and os.pread(descriptor, 1, size - 1) != b"\n":
+                        data = b"\n" + data
+                    view = memoryview(data)
+                    while view:
+                        written = os.write(descriptor, view)
+                        view = view[written:]
+                    os.fsync(descriptor)
+                except OSError as exc:
+                    # A full disk fails part-way through the batch: cut the file back to what it
+                    # held, under the same lock, so the store is byte for byte as before.
+                    raise DataError(f"cannot write results file {self.path}: {exc.strerror or exc}; "
+                                    f"{self._restore(descriptor, size, existed)}") from None
             finally:
                 if fcntl is not None:
                     fcntl.flock(descriptor, fcntl.LOCK_UN)
-        except OSError as exc:
-            raise DataError(f"cannot write results file {self.path}: {exc.strerror or exc}") from None
         finally:
             os.close(descriptor)
         if not existed:
             _fsync_directory(self.path.parent)
+
+    def _restore(self, descriptor: int, size: int, existed: bool) -> str:
+        """Truncate a failed append away; says what state the store is in."""
+        try:
+            os.ftruncate(descriptor, size)
+            os.fsync(descriptor)
+            if not existed:
+                self.path.unlink(missing_ok=True)
+        except OSError as exc:
+            return f"the store may end in a partial line, which readers skip ({exc.strerror or exc})"
+        return "no record was written and the store is unchanged"
 
     def read(self) -> list[dict]:
         """Every readable record, in file order; ``[]`` when the store does not exist yet.
