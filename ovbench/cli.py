@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -10,6 +11,7 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ovbench import __version__
 from ovbench.errors import OvbenchError
@@ -29,7 +31,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 # Piped output (logs, CI) gets room for wide tables instead of rich's 80-column fallback.
-stdout_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+stdout_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200, emoji=False)
 
 
 def _version_callback(value: bool) -> None:
@@ -61,7 +63,9 @@ def eval_command(
     scale: Optional[str] = typer.Option(
         None, "--scale", help="Model scale overlay from the method YAML (e.g. tiny); default: the benchmark's, or full with --clip-weights."
     ),
-    protocol: str = typer.Option("zeroshot", "--protocol", help="Protocol label stored with the records."),
+    protocol: Optional[str] = typer.Option(
+        None, "--protocol", help="Protocol label stored with the records; default: the run's for a training checkpoint, else zeroshot."
+    ),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Root folder of the datasets (default $OVBENCH_DATA)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Images per forward (default from the method YAML)."),
@@ -172,7 +176,7 @@ def sweep_command(
     Example: ovbench sweep configs/experiments/table2.yaml --dry-run
     """
     from ovbench.engine.sweep import load_experiment, run_sweep
-    from ovbench.registry import load_benchmark
+    from ovbench.registry import load_benchmark, method_names
     from ovbench.results.store import ResultStore
     from ovbench.runner import RunRequest, run_training, runs_dir
 
@@ -193,6 +197,7 @@ def sweep_command(
     run_sweep(
         loaded, run_job, records, dry_run=dry_run, keep_going=keep_going, console=stdout_console,
         eval_sets_of=lambda name: len(load_benchmark(name).eval_sets),
+        method_available=lambda name, known=set(method_names()): name in known or Path(name).is_file(),
     )
 
 
@@ -222,21 +227,29 @@ def table_command(
     Example: ovbench table --format markdown --benchmark toyland
     """
     from ovbench.errors import ConfigError
+    from ovbench.registry import benchmark_names, load_benchmark
     from ovbench.results.store import ResultStore
-    from ovbench.results.table import build_table, render_table
+    from ovbench.results.table import build_table, render_table, table_notes
 
     if metric not in ("mIoU", "mAcc", "pAcc", "fwIoU"):
         raise ConfigError(f"unknown metric '{metric}'; choose mIoU, mAcc, pAcc or fwIoU")
     records = ResultStore(store).read()
-    table = build_table(records, value=metric, benchmark=benchmark, protocol=protocol, method=method)
+    # a row's Avg runs over its benchmark's evaluation sets, as the benchmark spec lists them
+    benchmark_sets = {name: load_benchmark(name).eval_sets for name in benchmark_names()}
+    table = build_table(records, value=metric, benchmark=benchmark, protocol=protocol, method=method,
+                        benchmark_sets=benchmark_sets)
     text = render_table(table, fmt, precision=precision)
+    text = text if text.endswith("\n") else text + "\n"
     if out is None:
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+        sys.stdout.write(text)
     else:
         from ovbench.fileio import atomic_write_text
 
-        atomic_write_text(out, text if text.endswith("\n") else text + "\n")
-        stderr_console.print(f"wrote {out}")
+        atomic_write_text(out, text)
+        stderr_console.print(f"wrote {out}", highlight=False, markup=False)
+    if fmt.lower() in ("csv", "latex"):  # their text stays machine-readable: the notes go to stderr
+        for note in table_notes(table):
+            stderr_console.print(f"note: {note}", highlight=False, markup=False)
 
 
 @app.command("profile")
@@ -312,24 +325,74 @@ def _mount_data_commands() -> None:
 _mount_data_commands()
 
 
+def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...], type | None]:
+    """(usage-error, exit, abort) exception classes of the click that typer runs on, and
+    click's NoArgsIsHelpError where it has one.
+
+    typer 0.12-0.15 drive the installed `click`; typer 0.29 bundles its own copy
+    (`typer._click`) whose classes are unrelated to `click`'s, and raises its own
+    `typer.Exit`/`typer.Abort`. Looking the classes up through typer itself keeps the
+    handlers below right whichever typer is installed.
+    """
+    import typer.core
+
+    bundled = getattr(typer.core, "_click", None) or getattr(typer.core, "click", None) or click
+    exceptions = bundled.exceptions
+
+    def present(*candidates) -> tuple[type, ...]:
+        return tuple(dict.fromkeys(c for c in candidates if isinstance(c, type)))
+
+    usage = present(exceptions.ClickException)
+    exits = present(getattr(exceptions, "Exit", None), getattr(typer, "Exit", None))
+    aborts = present(getattr(exceptions, "Abort", None), getattr(typer, "Abort", None))
+    return usage, exits, aborts, getattr(exceptions, "NoArgsIsHelpError", None)
+
+
+def print_error(message: str) -> None:
+    """One `error:` line on stderr; the message is shown as typed, never as rich markup."""
+    stderr_console.print(Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Console entry point: user errors become one line on stderr and exit code 1."""
+    """Console entry point: returns the process exit status.
+
+    0 success; 1 a user error (one `error:` line, no traceback) or a failed check;
+    2 a command-line usage error (usage line, hint, error); 130 an interrupt (Ctrl-C).
+    """
+    from ovbench.errors import describe_os_error
+
+    usage_errors, exits, aborts, no_args_is_help = _click_classes()
     try:
-        app(args=argv, standalone_mode=False)
+        returned = app(args=argv, standalone_mode=False, prog_name="ovbench")
     except OvbenchError as exc:
-        stderr_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
-        return 1
-    except click.exceptions.Exit as exc:
-        return exc.exit_code
-    except click.exceptions.Abort:
-        stderr_console.print("aborted")
-        return 130
-    except click.ClickException as exc:
-        exc.show()
+        print_error(str(exc))
         return exc.exit_code
     except KeyboardInterrupt:
-        stderr_console.print("interrupted")
+        print_error("interrupted")
         return 130
+    except usage_errors as exc:
+        if no_args_is_help is not None and isinstance(exc, no_args_is_help):
+            exc.show()  # a bare `ovbench` or `ovbench data`: its help, as older click printed it
+            return 0
+        exc.show()
+        return exc.exit_code
+    except aborts:
+        print_error("interrupted")
+        return 130
+    except exits as exc:
+        return exc.exit_code
+    except OSError as exc:
+        # a file-system failure outside the places that already name their path (EPIPE: the
+        # reader of our output went away; nothing to say to it)
+        if exc.errno == errno.EPIPE:
+            return 1
+        print_error(describe_os_error(exc))
+        return 1
+    # typer 0.29 hands back the status of a typer.Exit, and turns Ctrl-C into 130, as a value
+    if isinstance(returned, int) and not isinstance(returned, bool) and returned != 0:
+        if returned == 130:
+            print_error("interrupted")
+        return returned
     return 0
 
 
