@@ -15,6 +15,13 @@ from ovbench.eval.metrics import ConfusionMatrix, SegmentationMetrics
 from ovbench.progress import ProgressReporter
 
 
+#: The most float elements of predicted scores (B, T, H, W) asked for in one predict call.
+#: A batch whose scores would exceed it is predicted a few images at a time (at least one):
+#: with a large vocabulary the scores, not the images, are what fills memory (8 images of
+#: 512x512 with 2000 classes would be 16.8 GB of scores for one argmax). 2**28 = 1 GiB.
+MAX_SCORE_ELEMENTS = 1 << 28
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -75,18 +82,24 @@ def evaluate_dataset(
     segmenter.eval()
     task = progress.add_task(f"eval {dataset.name}", total=len(dataset)) if progress else None
     done = 0
-    for images, masks in iter_batches(dataset, batch_size):
-        images = images.to(device)
-        scores = segmenter.predict(images, vocabulary)
-        expected = (images.shape[0], len(vocabulary), images.shape[2], images.shape[3])
-        if tuple(scores.shape) != expected:
-            raise OvbenchError(
-                f"{segmenter.method_name}: predict returned scores of shape {tuple(scores.shape)}, expected {expected}"
-            )
-        confusion.update(scores.argmax(dim=1), masks.to(device))
-        done += images.shape[0]
+    for batch_images, batch_masks in iter_batches(dataset, batch_size):
+        per_image = len(vocabulary) * batch_images.shape[2] * batch_images.shape[3]
+        step = max(1, MAX_SCORE_ELEMENTS // per_image)
+        for first in range(0, batch_images.shape[0], step):
+            images = batch_images[first : first + step].to(device)
+            scores = segmenter.predict(images, vocabulary)
+            expected = (images.shape[0], len(vocabulary), images.shape[2], images.shape[3])
+            if tuple(scores.shape) != expected:
+                raise OvbenchError(
+                    f"{segmenter.method_name}: predict returned scores of shape {tuple(scores.shape)}, "
+                    f"expected {expected}"
+                )
+            labels = scores.argmax(dim=1)
+            del scores  # free the (B, T, H, W) stack before the next predict call allocates one
+            confusion.update(labels, batch_masks[first : first + step].to(device))
+            done += images.shape[0]
         if progress:
-            progress.advance(task, images.shape[0])
+            progress.advance(task, batch_images.shape[0])
     if progress:
         progress.finish(task)
     metrics = confusion.compute(dataset.class_names)

@@ -18,8 +18,9 @@ Two recipes matter for the paper's tables:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -51,6 +52,16 @@ MODES = ("whole", "sliding")
 ACTIVATIONS = ("none", "sigmoid", "softmax")
 
 Size = tuple[int, int]
+
+#: The most float elements of upsampled scores a mode holds besides its output. Logits come
+#: at the model's resolution (e.g. (N, T, 8, 8)) and only become large when upsampled: with
+#: T = 2000 classes a (2, T, 128, 128) stack is 524 MB before it is even resized to the
+#: image. Every step after the forward (upsample, activation, tile folding, blending, resize)
+#: treats each class on its own (softmax needs the sum over classes, taken in a first pass),
+#: so the modes run those steps on chunks of classes sized to this bound and write each
+#: chunk into the output: memory is the output plus one chunk, whatever T. A vocabulary
+#: that fits in one chunk takes the plain unchunked path. 2**24 floats = 64 MiB.
+SCORE_CHUNK_ELEMENTS = 1 << 24
 
 
 @runtime_checkable
@@ -182,8 +193,10 @@ class WholeImage:
         prepared = _resize_short_side(images, self.short_side, self.max_size)
         view_size = self.size or _spatial(prepared)
         logits = _call_forward(forward, _resize(prepared, view_size), "whole-image views")
-        scores = _activate(_resize(logits, view_size), self.activation)
-        return _resize(scores, (height, width))
+        batch, classes = logits.shape[:2]
+        chunks = _class_chunks(classes, batch * view_size[0] * view_size[1])
+        scores = _upsampled_scores(logits, view_size, self.activation, chunks)
+        return _assemble(chunks, (_resize(part, (height, width)) for part in scores))
 
     def __repr__(self) -> str:
         return (
@@ -247,41 +260,52 @@ class SlidingWindow:
         tiles = torch.stack([canvas[:, :, top : top + window, left : left + window] for top, left in offsets], dim=1)
         del canvas
 
-        global_scores: Tensor | None = None
+        # Only the logits (at the model's resolution) of every view are kept; scores are
+        # upsampled, folded and blended class chunk by class chunk (SCORE_CHUNK_ELEMENTS).
+        global_logits: Tensor | None = None
         if self.global_view is None:
-            tile_scores = self._view_scores(forward, tiles.flatten(0, 1), window, "tile")
-            tile_scores = tile_scores.unflatten(0, (batch, num_tiles))
+            tile_logits = _call_forward(forward, tiles.flatten(0, 1), "tile views")
         else:
             # Official code builds the global view from the mapper output, not the stretched canvas.
             global_image = _resize(prepared, (self.global_view, self.global_view))
             if self.global_view == window:
                 views = torch.cat([tiles, global_image.unsqueeze(1)], dim=1).flatten(0, 1)
-                scores = self._view_scores(forward, views, window, "tile and global")
-                scores = scores.unflatten(0, (batch, num_tiles + 1))
-                # Clone the small global slice so the big buffer is freed once the tiles are folded.
-                tile_scores, global_scores = scores[:, :num_tiles], scores[:, num_tiles].clone()
-                del scores
+                logits = _call_forward(forward, views, "tile and global views").unflatten(0, (batch, num_tiles + 1))
+                tile_logits, global_logits = logits[:, :num_tiles].flatten(0, 1), logits[:, num_tiles]
+                del logits
             else:
-                tile_scores = self._view_scores(forward, tiles.flatten(0, 1), window, "tile")
-                tile_scores = tile_scores.unflatten(0, (batch, num_tiles))
-                global_scores = self._view_scores(forward, global_image, self.global_view, "global")
-                if global_scores.shape[1] != tile_scores.shape[2]:
+                tile_logits = _call_forward(forward, tiles.flatten(0, 1), "tile views")
+                global_logits = _call_forward(forward, global_image, "global views")
+                if global_logits.shape[1] != tile_logits.shape[1]:
                     raise RuntimeError(
-                        f"forward returned {tile_scores.shape[2]} classes for tiles but "
-                        f"{global_scores.shape[1]} for the global views"
+                        f"forward returned {tile_logits.shape[1]} classes for tiles but "
+                        f"{global_logits.shape[1]} for the global views"
                     )
         del tiles
 
-        blended = self._fold(tile_scores, offsets, canvas_size)
-        del tile_scores
-        if global_scores is not None:
-            blended.mul_(1.0 - self.global_weight)
-            blended.add_(_resize(global_scores, canvas_size), alpha=self.global_weight)
-        return _resize(blended, (height, width))
+        # Floats held per class: the tile scores, the folded canvas and the global view at
+        # its own size and at the canvas size.
+        canvas_pixels = canvas_size[0] * canvas_size[1]
+        per_class = batch * (num_tiles * window * window + 2 * canvas_pixels)
+        if self.global_view is not None:
+            per_class += batch * self.global_view * self.global_view
+        chunks = _class_chunks(tile_logits.shape[1], per_class)
+        tile_chunks = _upsampled_scores(tile_logits, (window, window), self.activation, chunks)
+        global_chunks: Iterable[Tensor | None] = repeat(None)
+        if global_logits is not None:
+            global_side = (self.global_view, self.global_view)
+            global_chunks = _upsampled_scores(global_logits, global_side, self.activation, chunks)
 
-    def _view_scores(self, forward: Forward, views: Tensor, side: int, what: str) -> Tensor:
-        logits = _call_forward(forward, views, f"{what} views")
-        return _activate(_resize(logits, (side, side)), self.activation)
+        def blended_chunks() -> Iterator[Tensor]:
+            for tile_scores, global_scores in zip(tile_chunks, global_chunks):
+                blended = self._fold(tile_scores.unflatten(0, (batch, num_tiles)), offsets, canvas_size)
+                del tile_scores
+                if global_scores is not None:
+                    blended.mul_(1.0 - self.global_weight)
+                    blended.add_(_resize(global_scores, canvas_size), alpha=self.global_weight)
+                yield _resize(blended, (height, width))
+
+        return _assemble(chunks, blended_chunks())
 
     def _fold(self, tile_scores: Tensor, offsets: list[Size], canvas_size: Size) -> Tensor:
         """Overlap-average (B,L,T,w,w) tiles onto a (B,T,h,w) canvas.
@@ -405,6 +429,46 @@ def _resize_short_side(images: Tensor, short_side: int | None, max_size: int | N
     target = shortest_edge_size(*_spatial(images), short_side, max_size)
     # detectron2 resizes with PIL, which low-pass filters when shrinking; antialias mimics that.
     return _resize(images, target, antialias=True)
+
+
+def _class_chunks(num_classes: int, elements_per_class: int) -> list[slice]:
+    """Consecutive class ranges of at most SCORE_CHUNK_ELEMENTS floats each (at least one class)."""
+    step = max(1, SCORE_CHUNK_ELEMENTS // max(1, elements_per_class))
+    return [slice(start, min(start + step, num_classes)) for start in range(0, num_classes, step)]
+
+
+def _upsampled_scores(logits: Tensor, size: Size, activation: str, chunks: list[slice]) -> Iterator[Tensor]:
+    """(N, T, h, w) logits -> the activated (N, c, *size) scores of each class chunk in turn.
+
+    With one chunk this is exactly `_activate(_resize(logits, size))`. With several, softmax
+    takes its normaliser in a first pass (the running logsumexp over class chunks at `size`)
+    and yields exp(logit - logsumexp), equal to softmax to float rounding.
+    """
+    if len(chunks) == 1:
+        yield _activate(_resize(logits, size), activation)
+        return
+    log_norm: Tensor | None = None
+    if activation == "softmax":
+        for part in chunks:
+            partial = _resize(logits[:, part], size).logsumexp(dim=1, keepdim=True)
+            log_norm = partial if log_norm is None else torch.logaddexp(log_norm, partial)
+    for part in chunks:
+        upsampled = _resize(logits[:, part], size)
+        # Out of place: with `size` already the logits' size, _resize returns the logits themselves.
+        yield (upsampled - log_norm).exp_() if log_norm is not None else _activate(upsampled, activation)
+
+
+def _assemble(chunks: list[slice], parts: Iterable[Tensor]) -> Tensor:
+    """Write each class chunk's (N, c, H, W) scores into one (N, T, H, W) output; one chunk is returned as is."""
+    output: Tensor | None = None
+    for part, scores in zip(chunks, parts):
+        if len(chunks) == 1:
+            return scores
+        if output is None:
+            output = scores.new_empty((scores.shape[0], chunks[-1].stop, *scores.shape[2:]))
+        output[:, part] = scores
+    assert output is not None
+    return output
 
 
 def _call_forward(forward: Forward, views: Tensor, what: str) -> Tensor:
