@@ -8,7 +8,6 @@ console script in a subprocess, as a user's shell would.
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import time

@@ -80,7 +80,7 @@ def evaluate_dataset(
     vocabulary = dataset.vocabulary
     confusion = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index, device=device)
     segmenter.eval()
-    task = progress.add_task(f"eval {dataset.name}", total=len(dataset)) if progress else None
+    task = progress.add_task(f"eval {dataset.name}", total=len(dataset), unit="img") if progress else None
     done = 0
     for batch_images, batch_masks in iter_batches(dataset, batch_size):
         per_image = len(vocabulary) * batch_images.shape[2] * batch_images.shape[3]
