@@ -12,6 +12,7 @@ from rich.progress import (
     TaskID,
     TextColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 #: progress and status go to stderr so that stdout carries only results (tables, CSV)
@@ -37,7 +38,7 @@ def _remaining(task: Task) -> float | None:
 
 
 class TimingColumn(ProgressColumn):
-    """One rate, one elapsed time and one ETA, each labelled ("3.45 it/s  elapsed 0:00:12  eta 0:00:05")."""
+    """One rate, one elapsed time and one ETA, each labelled ("3.5 it/s elapsed 0:00:12 eta 0:00:05")."""
 
     def render(self, task: Task) -> Text:
         return Text(timing_text(task), style="progress.data.speed")
@@ -46,8 +47,8 @@ class TimingColumn(ProgressColumn):
 def timing_text(task: Task) -> str:
     speed = _speed(task)
     unit = task.fields.get("unit", "it")
-    rate = f"-- {unit}/s" if speed is None else f"{speed:.2f} {unit}/s"
-    return f"{rate}  elapsed {format_duration(task.elapsed or 0.0)}  eta {format_duration(_remaining(task))}"
+    rate = f"-- {unit}/s" if speed is None else f"{speed:.1f} {unit}/s"
+    return f"{rate} elapsed {format_duration(task.elapsed or 0.0)} eta {format_duration(_remaining(task))}"
 
 
 class ProgressReporter:
@@ -63,10 +64,12 @@ class ProgressReporter:
         if not quiet:
             self._progress = Progress(
                 TextColumn("{task.description}", style="bold", markup=False),
-                BarColumn(bar_width=24),
+                BarColumn(bar_width=10),
                 MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}", markup=False),
-                TimingColumn(),
+                # never wrapped (a wrapped cell shows only its first line); on a narrow terminal
+                # the status is cut first
+                TimingColumn(table_column=Column(no_wrap=True)),
+                TextColumn("{task.fields[status]}", markup=False, table_column=Column(no_wrap=True, overflow="ellipsis")),
                 console=self.console,
                 transient=False,
                 disable=not self.console.is_terminal,
