@@ -15,6 +15,7 @@ import pytest
 
 from ovbench.errors import ConfigError
 from ovbench.results.table import AVG_COLUMN, N_COLUMN, build_table, render_table, table_notes
+from test_table import key_of
 
 URBAN, FLOOD, OBJECTS = "toyland-urban", "toyland-flood", "toyland-objects"
 TOYLAND_SETS = {"toyland": [URBAN, FLOOD, OBJECTS]}
@@ -87,13 +88,6 @@ def store() -> list[dict]:
             records.append(rec(f"rc-s{seed}", eval_set, value + offset, method="catseg-remoteclip", seed=seed,
                                label="CAT-Seg (RemoteCLIP)", config_hash="d4d4d4d4d4d4"))
     return records
-
-
-def key_of(table: pd.DataFrame, **fields) -> tuple:
-    names = table.index.names
-    matches = [key for key in table.index if all(dict(zip(names, key))[f] == v for f, v in fields.items())]
-    assert len(matches) == 1, matches
-    return matches[0]
 
 
 def cells(line: str) -> list[str]:
