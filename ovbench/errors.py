@@ -71,8 +71,6 @@ def describe_os_error(exc: OSError, doing: str = "") -> str:
 def _verb(exc: OSError) -> str:
     if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
         return "cannot write"
-    if exc.errno == errno.ENOENT:
-        return "not found"
     return "cannot access"
 
 

@@ -324,7 +324,7 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
             segmenter.load_checkpoint(request.checkpoint, trusted=request.trust_checkpoint)
 
         # ---- the run directory (rank 0 names it; every rank agrees on the id)
-        run_id = check_run_id(request.run_id or new_run_id(method))
+        run_id = request.run_id or new_run_id(method)  # generated ids are plain names already
         if dist.enabled:
             shared = [run_id]
             torch.distributed.broadcast_object_list(shared, src=0)

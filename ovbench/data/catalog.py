@@ -174,7 +174,10 @@ def _find_spec(name: str) -> tuple[Path, str]:
 
 def load_dataset_spec(name: str) -> FolderDatasetSpec:
     """The spec of a catalog name, an official registration name, or a spec YAML path."""
-    path, spec_name = _find_spec(name)
+    return _load_spec(*_find_spec(name))
+
+
+def _load_spec(path: Path, spec_name: str) -> FolderDatasetSpec:
     raw = load_yaml(path)
     raw.setdefault("name", spec_name)
     with _naming_spec_file(path):
@@ -207,12 +210,13 @@ def build_dataset(name: str, data_root: str | Path | None):
         from ovbench.data.toyland import ToylandDataset
 
         return ToylandDataset(request.base)
-    spec = load_dataset_spec(request.base)
+    spec_path, spec_name = _find_spec(request.base)
+    spec = _load_spec(spec_path, spec_name)
     if request.aliases is not None:
         spec = dataclasses.replace(spec, vocabulary_aliases=request.aliases)
     if data_root is None:
         raise DataError(f"dataset {spec.name} needs its data: pass --data-root DIR or set OVBENCH_DATA")
-    with _naming_spec_file(_find_spec(request.base)[0]):
+    with _naming_spec_file(spec_path):
         dataset = FolderDataset(spec, data_root)
     if request.file_list is not None:
         stems = read_file_list(request.file_list, (spec.image_suffix, *spec.mask_suffixes))

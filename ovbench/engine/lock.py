@@ -19,7 +19,7 @@ try:
 except ImportError:  # pragma: no cover - Windows has no flock; runs are then unlocked
     fcntl = None  # type: ignore[assignment]
 
-from ovbench.errors import RunLockedError, StorageError, describe_os_error
+from ovbench.errors import RunLockedError, storage_error
 
 LOCK_NAME = ".lock"
 
@@ -37,7 +37,7 @@ class RunLock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         except OSError as exc:
-            raise StorageError(describe_os_error(exc, "cannot create run directory")) from None
+            raise storage_error(exc, "cannot create run directory") from None
         if fcntl is not None:
             try:
                 fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
