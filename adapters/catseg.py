@@ -1,4 +1,4 @@
-"""Adapter for `catseg`: binds `methods.catseg` (CAT-Seg, CVPR 2024) to the harness interface.
+"""Adapter for `catseg`: binds `ovbench_methods.catseg` (CAT-Seg, CVPR 2024) to the harness interface.
 
 It turns a `Vocabulary` into name tuples, targets into the per-pixel BCE the method trains
 with, the model's parameters into the official optimiser groups (CLIP q/v at 0.01x), and
@@ -14,13 +14,13 @@ from typing import Any, ClassVar, Mapping
 
 from torch import Tensor
 
-from adapters.clip_cost_volume import ClipCostVolumeConfig, ClipCostVolumeSegmenter
-from adapters.templates import resolve_templates
-from methods.catseg.model import CatSegConfigError, CatSegModel, build_catseg_model
-from methods.common.clip_loading import ClipConfigError, ClipLoadingError
-from methods.common.clip_qkv import SplitQKVError, split_packed_qkv
-from methods.common.cost_aggregation import CostAggregationError
-from methods.common.prompts import UnknownTemplateSetError
+from ovbench_adapters.clip_cost_volume import ClipCostVolumeConfig, ClipCostVolumeSegmenter
+from ovbench_adapters.templates import resolve_templates
+from ovbench_methods.catseg.model import CatSegConfigError, CatSegModel, build_catseg_model
+from ovbench_methods.common.clip_loading import ClipConfigError, ClipLoadingError
+from ovbench_methods.common.clip_qkv import SplitQKVError, split_packed_qkv
+from ovbench_methods.common.cost_aggregation import CostAggregationError
+from ovbench_methods.common.prompts import UnknownTemplateSetError
 
 __all__ = ["CatSegConfig", "CatSegSegmenter", "convert_official_state_dict", "to_official_state_dict"]
 

@@ -1,6 +1,6 @@
 """What the CAT-Seg and GSNet adapters share: the config fields of a split-q/k/v CLIP with a
 cost-aggregation head, their validation, and a segmenter base that maps the interface onto
-`methods.common.clip_cost_model.SplitClipCostModel` (class names, per-pixel BCE, the official
+`ovbench_methods.common.clip_cost_model.SplitClipCostModel` (class names, per-pixel BCE, the official
 optimiser groups, strict checkpoint loading of ovbench and detectron2 files).
 
 Subclasses name the method (`method_name`), add their own fields and checks, build the model
@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, Mapping, NoReturn
 
 from torch import Tensor, nn
 
-from adapters.templates import template_choices
-from methods.common.clip import LAST_BLOCK_MODES
-from methods.common.clip_qkv import CLIP_FINETUNE_MODES, SplitQKVError
-from methods.common.cost_aggregation import ATTENTION_TYPES
-from methods.common.state_dict import state_dict_mismatch
-from methods.common.text import SYNONYM_MODES
+from ovbench_adapters.templates import template_choices
+from ovbench_methods.common.clip import LAST_BLOCK_MODES
+from ovbench_methods.common.clip_qkv import CLIP_FINETUNE_MODES, SplitQKVError
+from ovbench_methods.common.cost_aggregation import ATTENTION_TYPES
+from ovbench_methods.common.state_dict import state_dict_mismatch
+from ovbench_methods.common.text import SYNONYM_MODES
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError, ConfigError
 from ovbench.interface import IGNORE_INDEX, OpenVocabSegmenter, load_torch_file

@@ -1,4 +1,4 @@
-"""Adapter for `clip-dense`: binds `methods.clip_dense` to the harness interface.
+"""Adapter for `clip-dense`: binds `ovbench_methods.clip_dense` to the harness interface.
 
 This module is the only place that knows both sides: it turns a `Vocabulary` into the
 plain name tuples the method takes, and the method's plain `ValueError`/`RuntimeError`
@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from methods.clip_dense.model import ClipDenseModel, build_clip_dense_model
-from methods.common.clip import LAST_BLOCK_MODES
-from methods.common.clip_loading import ClipConfigError, ClipLoadingError
-from methods.common.prompts import TEMPLATE_SETS
+from ovbench_methods.clip_dense.model import ClipDenseModel, build_clip_dense_model
+from ovbench_methods.common.clip import LAST_BLOCK_MODES
+from ovbench_methods.common.clip_loading import ClipConfigError, ClipLoadingError
+from ovbench_methods.common.prompts import TEMPLATE_SETS
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError, ConfigError
 from ovbench.interface import OpenVocabSegmenter

@@ -1,4 +1,4 @@
-"""Adapter for `gsnet`: binds `methods.gsnet` (GSNet, AAAI 2025) to the harness interface.
+"""Adapter for `gsnet`: binds `ovbench_methods.gsnet` (GSNet, AAAI 2025) to the harness interface.
 
 It turns a `Vocabulary` into name tuples, targets into the per-pixel BCE GSNet trains with,
 the model's parameters into the paper's optimiser groups (CLIP q/v at 0.01x = 2e-6, new
@@ -17,14 +17,14 @@ from typing import Any, ClassVar, Mapping
 
 from torch import Tensor
 
-from adapters.catseg import convert_official_state_dict as convert_catseg_state_dict
-from adapters.catseg import to_official_state_dict as catseg_to_official
-from adapters.clip_cost_volume import ClipCostVolumeConfig, ClipCostVolumeSegmenter, is_path_or_null
-from adapters.templates import resolve_templates
-from methods.common.clip_loading import ClipConfigError, ClipLoadingError
-from methods.common.clip_qkv import SplitQKVError
-from methods.common.cost_aggregation import CostAggregationError
-from methods.common.dino import (
+from ovbench_adapters.catseg import convert_official_state_dict as convert_catseg_state_dict
+from ovbench_adapters.catseg import to_official_state_dict as catseg_to_official
+from ovbench_adapters.clip_cost_volume import ClipCostVolumeConfig, ClipCostVolumeSegmenter, is_path_or_null
+from ovbench_adapters.templates import resolve_templates
+from ovbench_methods.common.clip_loading import ClipConfigError, ClipLoadingError
+from ovbench_methods.common.clip_qkv import SplitQKVError
+from ovbench_methods.common.cost_aggregation import CostAggregationError
+from ovbench_methods.common.dino import (
     DINO_VARIANTS,
     FINETUNE_MODES,
     INPUT_NORMS,
@@ -36,10 +36,10 @@ from methods.common.dino import (
     extract_dino_state_dict,
     load_dino_state_dict,
 )
-from methods.common.prompts import UnknownTemplateSetError
-from methods.gsnet.decoder import DecoderInputError
-from methods.gsnet.fusion import FUSION_TYPES, FusionInputError
-from methods.gsnet.model import GsNetConfigError, GsNetModel, build_gsnet_model
+from ovbench_methods.common.prompts import UnknownTemplateSetError
+from ovbench_methods.gsnet.decoder import DecoderInputError
+from ovbench_methods.gsnet.fusion import FUSION_TYPES, FusionInputError
+from ovbench_methods.gsnet.model import GsNetConfigError, GsNetModel, build_gsnet_model
 from ovbench.errors import CheckpointError
 from ovbench.interface import load_torch_file
 

@@ -3,7 +3,7 @@ sets ovbench keeps as data under configs/vocab/ (e.g. `remote-sensing`)."""
 
 from __future__ import annotations
 
-from methods.common.prompts import TEMPLATE_SETS
+from ovbench_methods.common.prompts import TEMPLATE_SETS
 from ovbench.data.catalog import load_template_set, template_set_names
 
 

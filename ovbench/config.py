@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
+import importlib.util
 import hashlib
 import json
 import os
@@ -25,10 +27,22 @@ def configs_dir() -> Path:
     """The folder holding `methods/`, `datasets/`, `benchmarks/` YAML files.
 
     `OVBENCH_CONFIGS` points elsewhere (a user's own config tree); by default it is the
-    `configs/` folder of the checkout ovbench was installed from (`pip install -e .`).
+    package `ovbench.configs`: the repository's `configs/` folder, installed inside the
+    distribution (an editable install maps it back to the checkout).
     """
     override = os.environ.get("OVBENCH_CONFIGS")
-    return Path(override) if override else Path(__file__).resolve().parent.parent / "configs"
+    if override:
+        return Path(override)
+    return _shipped_configs_dir()
+
+
+@functools.lru_cache(maxsize=1)
+def _shipped_configs_dir() -> Path:
+    spec = importlib.util.find_spec("ovbench.configs")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    if not locations:
+        raise ConfigError("the installed ovbench has no configs (ovbench.configs is missing); reinstall it, or set OVBENCH_CONFIGS=DIR")
+    return Path(locations[0])
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from ovbench.data.vocabulary import Vocabulary
-from methods.common.state_dict import state_dict_mismatch
+from ovbench_methods.common.state_dict import state_dict_mismatch
 from ovbench.errors import CheckpointError, OvbenchError, first_line
 
 if TYPE_CHECKING:

@@ -25,9 +25,9 @@ ENTRY_POINT_GROUP = "ovbench.adapters"
 
 #: adapter name -> "module:Class"; imported only when used, so listing methods stays fast
 BUILTIN_ADAPTERS: dict[str, str] = {
-    "catseg": "adapters.catseg:CatSegSegmenter",
-    "clip-dense": "adapters.clip_dense:ClipDenseSegmenter",
-    "gsnet": "adapters.gsnet:GsNetSegmenter",
+    "catseg": "ovbench_adapters.catseg:CatSegSegmenter",
+    "clip-dense": "ovbench_adapters.clip_dense:ClipDenseSegmenter",
+    "gsnet": "ovbench_adapters.gsnet:GsNetSegmenter",
 }
 
 

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from adapters.catseg import CatSegConfig, CatSegSegmenter
-from methods.catseg.model import CatSegModel, build_catseg_model
-from methods.common.clip_cost_model import set_mlp_activation
-from methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
-from methods.common.clip_qkv import (
+from ovbench_adapters.catseg import CatSegConfig, CatSegSegmenter
+from ovbench_methods.catseg.model import CatSegModel, build_catseg_model
+from ovbench_methods.common.clip_cost_model import set_mlp_activation
+from ovbench_methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
+from ovbench_methods.common.clip_qkv import (
     SplitQKVAttention,
     SplitQKVError,
     pack_split_qkv,
@@ -27,7 +27,7 @@ from methods.common.clip_qkv import (
     split_packed_qkv,
     split_qkv_attention,
 )
-from methods.common.text import TemplateClassEncoder, template_prompts
+from ovbench_methods.common.text import TemplateClassEncoder, template_prompts
 from ovbench import registry
 from ovbench.data.toyland import TOYLAND_EVAL_SPLITS
 from ovbench.data.vocabulary import Vocabulary
@@ -79,7 +79,7 @@ def images(n: int = 2, height: int = 96, width: int = 96, seed: int = 1) -> torc
 @pytest.fixture
 def catseg_registered(monkeypatch):
     """The built-in registry entry for `adapter: catseg` (ovbench/registry.py BUILTIN_ADAPTERS)."""
-    monkeypatch.setitem(registry.BUILTIN_ADAPTERS, "catseg", "adapters.catseg:CatSegSegmenter")
+    monkeypatch.setitem(registry.BUILTIN_ADAPTERS, "catseg", "ovbench_adapters.catseg:CatSegSegmenter")
 
 
 # ---------------------------------------------------------------- split q/k/v

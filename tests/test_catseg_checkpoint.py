@@ -16,8 +16,8 @@ import open_clip
 import pytest
 import torch
 
-from adapters.catseg import CatSegConfig, CatSegSegmenter, convert_official_state_dict, to_official_state_dict
-from methods.common.clip_qkv import pack_split_qkv
+from ovbench_adapters.catseg import CatSegConfig, CatSegSegmenter, convert_official_state_dict, to_official_state_dict
+from ovbench_methods.common.clip_qkv import pack_split_qkv
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError
 from checkpoint_fixtures import perturb_parameters

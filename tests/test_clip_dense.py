@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from adapters.clip_dense import ClipDenseConfig, ClipDenseSegmenter
-from methods.clip_dense.model import ClipDenseModel
-from methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, DenseClipError
-from methods.common.prompts import TEMPLATE_SETS, UnknownTemplateSetError, get_templates
-from methods.common.text import ClipTextEncoder
+from ovbench_adapters.clip_dense import ClipDenseConfig, ClipDenseSegmenter
+from ovbench_methods.clip_dense.model import ClipDenseModel
+from ovbench_methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, DenseClipError
+from ovbench_methods.common.prompts import TEMPLATE_SETS, UnknownTemplateSetError, get_templates
+from ovbench_methods.common.text import ClipTextEncoder
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import ConfigError
 

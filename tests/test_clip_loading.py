@@ -18,10 +18,10 @@ import pytest
 import torch
 from torch import nn
 
-from adapters.clip_dense import ClipDenseConfig, ClipDenseSegmenter
-from methods.clip_dense.model import ClipDenseModel
-from methods.common import clip_loading
-from methods.common.clip_loading import (
+from ovbench_adapters.clip_dense import ClipDenseConfig, ClipDenseSegmenter
+from ovbench_methods.clip_dense.model import ClipDenseModel
+from ovbench_methods.common import clip_loading
+from ovbench_methods.common.clip_loading import (
     ClipConfigError,
     ClipLoadingError,
     ClipWeightsUnavailableError,

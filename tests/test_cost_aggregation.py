@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.catseg.model import CatSegAggregator
-from methods.common.cost_aggregation import (
+from ovbench_methods.catseg.model import CatSegAggregator
+from ovbench_methods.common.cost_aggregation import (
     MASKED_LOGIT,
     ClassAttention,
     ClassTransformerLayer,

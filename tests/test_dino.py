@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common.dino import (
+from ovbench_methods.common.dino import (
     OFFICIAL_POS_EMBED_SCALE,
     DinoArch,
     DinoCheckpointError,

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from adapters.gsnet import GsNetConfig, GsNetSegmenter
-from methods.common.dino import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
+from ovbench_adapters.gsnet import GsNetConfig, GsNetSegmenter
+from ovbench_methods.common.dino import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
 from ovbench import registry
 from ovbench.data.toyland import TOYLAND_EVAL_SPLITS, TOYLAND_TRAIN_SPLIT, ToylandDataset
 from ovbench.engine.optim import OptimizerConfig, build_optimizer, optimizer_groups

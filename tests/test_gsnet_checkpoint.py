@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.gsnet import GsNetSegmenter, convert_official_state_dict, to_official_state_dict
-from methods.common.clip_qkv import pack_split_qkv
+from ovbench_adapters.gsnet import GsNetSegmenter, convert_official_state_dict, to_official_state_dict
+from ovbench_methods.common.clip_qkv import pack_split_qkv
 from ovbench import registry
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from methods.common.dino import DinoArch, DinoVisionTransformer
-from methods.gsnet import (
+from ovbench_methods.common.dino import DinoArch, DinoVisionTransformer
+from ovbench_methods.gsnet import (
     FUSION_TYPES,
     DecoderInputError,
     FusionInputError,

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import methods.common.text as text
+import ovbench_methods.common.text as text
 import ovbench.eval.evaluate as evaluate
 import ovbench.eval.inference as inference
-from methods.clip_dense.model import ClipDenseModel
-from methods.common.text import ClipTextEncoder, TemplateClassEncoder, encode_class_prompts
+from ovbench_methods.clip_dense.model import ClipDenseModel
+from ovbench_methods.common.text import ClipTextEncoder, TemplateClassEncoder, encode_class_prompts
 from ovbench.data.toyland import ToylandDataset
 from ovbench.eval.inference import SlidingWindow, WholeImage
 

@@ -1,5 +1,5 @@
 """CAT-Seg (CVPR 2024), CLIP-only version: `CatSegModel` and its head `CatSegAggregator`."""
 
-from methods.catseg.model import CatSegAggregator, CatSegConfigError, CatSegModel, build_catseg_model
+from ovbench_methods.catseg.model import CatSegAggregator, CatSegConfigError, CatSegModel, build_catseg_model
 
 __all__ = ["CatSegAggregator", "CatSegConfigError", "CatSegModel", "build_catseg_model"]

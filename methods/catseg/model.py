@@ -24,13 +24,13 @@ from typing import Any, Mapping, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.common.clip_cost_model import (
+from ovbench_methods.common.clip_cost_model import (
     SplitClipCostModel,
     create_clip_and_tokenizer,
     crop_to_image,
     resolve_template_list,
 )
-from methods.common.cost_aggregation import (
+from ovbench_methods.common.cost_aggregation import (
     MASKED_LOGIT,
     AggregatorLayer,
     Up,
@@ -40,7 +40,7 @@ from methods.common.cost_aggregation import (
     scatter_classes,
     select_top_classes,
 )
-from methods.common.text import ClassNames, Tokenizer
+from ovbench_methods.common.text import ClassNames, Tokenizer
 
 
 class CatSegConfigError(ValueError):

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, LAST_BLOCK_MODES, ClipImageEncoder
-from methods.common.clip_loading import create_clip, create_tokenizer
-from methods.common.prompts import get_templates, validate_templates
-from methods.common.text import ClassEmbeddingCache, ClassNames, ClipTextEncoder, Tokenizer, encode_class_prompts
+from ovbench_methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, LAST_BLOCK_MODES, ClipImageEncoder
+from ovbench_methods.common.clip_loading import create_clip, create_tokenizer
+from ovbench_methods.common.prompts import get_templates, validate_templates
+from ovbench_methods.common.text import ClassEmbeddingCache, ClassNames, ClipTextEncoder, Tokenizer, encode_class_prompts
 
 
 class ClipDenseModel(nn.Module):

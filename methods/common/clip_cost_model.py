@@ -21,12 +21,12 @@ import open_clip
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, DenseImageFeatures
-from methods.common.clip_loading import create_clip, create_tokenizer, looks_like_file
-from methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
-from methods.common.cost_aggregation import per_pixel_bce_loss
-from methods.common.prompts import get_templates, validate_templates
-from methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
+from ovbench_methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, DenseImageFeatures
+from ovbench_methods.common.clip_loading import create_clip, create_tokenizer, looks_like_file
+from ovbench_methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
+from ovbench_methods.common.cost_aggregation import per_pixel_bce_loss
+from ovbench_methods.common.prompts import get_templates, validate_templates
+from ovbench_methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
 
 __all__ = [
     "SplitClipCostModel",

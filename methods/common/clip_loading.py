@@ -36,7 +36,7 @@ from typing import Any, Callable, Mapping
 import open_clip
 import torch
 
-from methods.common.state_dict import state_dict_mismatch
+from ovbench_methods.common.state_dict import state_dict_mismatch
 from torch import Tensor, nn
 
 #: Entries OpenAI's checkpoints carry besides the weights.

@@ -2,12 +2,12 @@
 
 - `fusion`: QGFF and the Table 3 fusion ablations (`build_cost_fusion`), the RSIB projections;
 - `decoder`: RIPD, the two-stream guided upsampling decoder.
-The DINO specialist stream (RSIB) is `methods.common.dino`; the cost aggregator and the CLIP
-stream are shared with CAT-Seg in `methods.common`.
+The DINO specialist stream (RSIB) is `ovbench_methods.common.dino`; the cost aggregator and the CLIP
+stream are shared with CAT-Seg in `ovbench_methods.common`.
 """
 
-from methods.gsnet.decoder import DecoderInputError, DoubleConv, FusionUp, RipdDecoder
-from methods.gsnet.fusion import (
+from ovbench_methods.gsnet.decoder import DecoderInputError, DoubleConv, FusionUp, RipdDecoder
+from ovbench_methods.gsnet.fusion import (
     FUSION_TYPES,
     ConcatenationFusion,
     CostFusion,

@@ -36,7 +36,7 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from methods.common.cost_aggregation import DoubleConv
+from ovbench_methods.common.cost_aggregation import DoubleConv
 
 __all__ = ["DecoderInputError", "DoubleConv", "FusionUp", "RipdDecoder"]
 

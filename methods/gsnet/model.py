@@ -37,18 +37,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from methods.common.clip import pad_to_multiple
-from methods.common.clip_cost_model import (
+from ovbench_methods.common.clip import pad_to_multiple
+from ovbench_methods.common.clip_cost_model import (
     SplitClipCostModel,
     create_clip_and_tokenizer,
     crop_to_image,
     resolve_template_list,
 )
-from methods.common.cost_aggregation import AggregatorLayer
-from methods.common.dino import DinoVisionTransformer, build_dino, resize_pos_embed
-from methods.common.text import ClassNames, Tokenizer
-from methods.gsnet.decoder import RipdDecoder
-from methods.gsnet.fusion import FUSION_TYPES, CostFusion, RsibProjections, build_cost_fusion
+from ovbench_methods.common.cost_aggregation import AggregatorLayer
+from ovbench_methods.common.dino import DinoVisionTransformer, build_dino, resize_pos_embed
+from ovbench_methods.common.text import ClassNames, Tokenizer
+from ovbench_methods.gsnet.decoder import RipdDecoder
+from ovbench_methods.gsnet.fusion import FUSION_TYPES, CostFusion, RsibProjections, build_cost_fusion
 
 __all__ = [
     "TWO_STREAM_FUSIONS",
