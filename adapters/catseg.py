@@ -3,28 +3,26 @@
 It turns a `Vocabulary` into name tuples, targets into the per-pixel BCE the method trains
 with, the model's parameters into the official optimiser groups (CLIP q/v at 0.01x), and
 checkpoints into the model's keys: ovbench checkpoints and the authors' detectron2 files
-(``model_base.pth`` / ``model_large.pth``). Plain errors from `methods/` become
-`ovbench.errors` with one line each.
+(``model_base.pth`` / ``model_large.pth``). The settings are `CatSegConfig`, defined with
+the model.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 from torch import Tensor
 
-from ovbench_adapters.clip_cost_volume import ClipCostVolumeConfig, ClipCostVolumeSegmenter
-from ovbench_adapters.templates import resolve_templates
-from ovbench_methods.catseg.model import CatSegConfigError, CatSegModel, build_catseg_model
-from ovbench_methods.common.clip_loading import ClipConfigError, ClipLoadingError
-from ovbench_methods.common.clip_qkv import SplitQKVError, split_packed_qkv
-from ovbench_methods.common.cost_aggregation import CostAggregationError
-from ovbench_methods.common.prompts import UnknownTemplateSetError
+from ovbench_adapters.common.clip_cost_volume import ClipCostVolumeSegmenter
+from ovbench_adapters.common.templates import resolve_templates
+from ovbench_methods.catseg.config import CatSegConfig
+from ovbench_methods.catseg.model import CatSegModel, build_catseg_model
+from ovbench_methods.common.clip_qkv import split_packed_qkv
 
 __all__ = ["CatSegConfig", "CatSegSegmenter", "convert_official_state_dict", "to_official_state_dict"]
 
-#: Prefixes of the official detectron2 state dict (catseg.md section 9).
+#: Prefixes of the official detectron2 state dict
+#: (docs/methods/catseg.md#module-and-state-dict-correspondence).
 OFFICIAL_CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 OFFICIAL_HEAD_PREFIX = "sem_seg_head.predictor.transformer."
 #: Keys of an OpenAI CLIP that belong to its text tower (the rest is `visual.*`).
@@ -33,40 +31,24 @@ TEXT_TOWER_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding
 UNUSED_CLIP_KEYS = ("logit_scale",)
 
 
-@dataclass
-class CatSegConfig(ClipCostVolumeConfig):
-    """Model section of `configs/methods/catseg.yaml` (the shared fields are documented on
-    `ClipCostVolumeConfig`); defaults are the published ViT-B/16 setting."""
-
-    method_name: ClassVar[str] = "catseg"
-
-    #: widths the decoder guidance is projected to before each upsampling stage.
-    decoder_guidance_proj_dims: list[int] = field(default_factory=lambda: [32, 16])
-
-    pair_fields: ClassVar[tuple[str, ...]] = (*ClipCostVolumeConfig.pair_fields, "decoder_guidance_proj_dims")
-
-
 class CatSegSegmenter(ClipCostVolumeSegmenter):
     """CAT-Seg behind the uniform interface."""
 
     method_name = "catseg"
     config_class = CatSegConfig
     official_checkpoint_name = "official CAT-Seg checkpoint"
-    checkpoint_errors = (ClipLoadingError,)
-    config_errors = (ClipConfigError, CatSegConfigError, SplitQKVError, CostAggregationError, UnknownTemplateSetError)
     model: CatSegModel
 
     def build_model(self, config: CatSegConfig, trusted: bool) -> CatSegModel:
-        return build_catseg_model(
-            templates=resolve_templates(config.templates),
-            trusted=trusted,
-            decoder_guidance_proj_dims=tuple(config.decoder_guidance_proj_dims),
-            **config.clip_kwargs(),
-        )
+        return build_catseg_model(config, templates=resolve_templates(config.templates), trusted=trusted)
 
     @staticmethod
     def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
         return convert_official_state_dict(state)
+
+    @staticmethod
+    def to_official_state_dict(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        return to_official_state_dict(model_state)
 
 
 def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:

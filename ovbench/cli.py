@@ -51,7 +51,8 @@ def _root(
 def eval_command(
     method: str = typer.Option(..., "--method", "-m", help="Method name (see `ovbench methods`)."),
     benchmark: Optional[str] = typer.Option(
-        None, "--benchmark", "-b", help="Benchmark whose evaluation sets to run; default toyland (see `ovbench benchmarks`)."
+        None, "--benchmark", "-b",
+        help="Benchmark whose evaluation sets to run: a name (see `ovbench benchmarks`) or a benchmark YAML path; default toyland.",
     ),
     datasets: Optional[List[str]] = typer.Option(
         None, "--dataset", "-d", help="Evaluate on this dataset instead of a benchmark (repeatable; a name or a spec YAML path)."
@@ -108,8 +109,15 @@ def eval_command(
 def run_command(
     method: Optional[str] = typer.Option(None, "--method", "-m", help="Method name (see `ovbench methods`) or a method YAML path."),
     protocol: str = typer.Option("scratch", "--protocol", "-p", help="scratch, finetune or zeroshot (see configs/protocols)."),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", "-b", help="Benchmark: its training set and evaluation sets; default toyland."),
+    benchmark: Optional[str] = typer.Option(
+        None, "--benchmark", "-b",
+        help="Benchmark: its training set and evaluation sets; a name (see `ovbench benchmarks`) or a benchmark YAML path; default toyland.",
+    ),
     train_set: Optional[str] = typer.Option(None, "--train-set", help="Train on this dataset instead of the benchmark's."),
+    eval_sets: Optional[List[str]] = typer.Option(
+        None, "--eval-set",
+        help="Evaluate on this dataset instead of the benchmark's evaluation sets (repeatable; a dataset name or a spec YAML path).",
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed for initialisation, data order and augmentation."),
     iters: Optional[int] = typer.Option(None, "--iters", help="Training iterations (default from the method YAML)."),
     checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", "-c", help="Start from these weights (finetune: the COCO-Stuff checkpoint)."),
@@ -136,7 +144,8 @@ def run_command(
     from ovbench.runner import RunRequest, find_run, load_run_request, run_training
 
     if resume is not None:
-        given = [name for name, value in (("--method", method), ("--checkpoint", checkpoint), ("--run-id", run_id)) if value]
+        given = [name for name, value in (("--method", method), ("--checkpoint", checkpoint), ("--run-id", run_id),
+                                          ("--eval-set", eval_sets)) if value]
         if given or overrides:
             raise OvbenchError(f"--resume continues a run as it was configured; drop {', '.join(given) or 'the overrides'}")
         run_dir = find_run(resume)
@@ -150,7 +159,7 @@ def run_command(
             checkpoint=str(checkpoint) if checkpoint else None, clip_weights=clip_weights, scale=scale,
             data_root=str(data_root) if data_root else None, device=device, trust_checkpoint=trust_checkpoint,
             store_path=str(store) if store else None, quiet=quiet, overrides=list(overrides or []), run_id=run_id,
-            weights_dir=str(weights_dir) if weights_dir else None,
+            weights_dir=str(weights_dir) if weights_dir else None, eval_sets=list(eval_sets or []),
         )
     outcome = run_training(request, stderr_console, resume=resume is not None)
     if outcome.results:
@@ -159,7 +168,9 @@ def run_command(
 
 @app.command("sweep")
 def sweep_command(
-    experiment: Path = typer.Argument(..., help="Experiment YAML, e.g. configs/experiments/table2.yaml."),
+    experiment: str = typer.Argument(
+        ..., help="Experiment: a shipped one by name (table2, table3, table4, fig5; see configs/experiments) or an experiment YAML path."
+    ),
     dry_run: bool = typer.Option(False, "--dry-run", help="List the jobs and their status; run nothing."),
     keep_going: bool = typer.Option(False, "--keep-going", help="Run the remaining jobs when one fails."),
     data_root: Optional[Path] = typer.Option(None, "--data-root", help="Root folder of the datasets (default $OVBENCH_DATA)."),
@@ -173,17 +184,18 @@ def sweep_command(
     """Run every job of an experiment (method x protocol x training set x seed), skipping the
     jobs whose records already exist, so an interrupted sweep resumes where it stopped.
 
-    Example: ovbench sweep configs/experiments/table2.yaml --dry-run
+    Example: ovbench sweep table2 --dry-run
     """
     from ovbench.engine.sweep import load_experiment, run_sweep
-    from ovbench.registry import load_benchmark, method_names
+    from ovbench.registry import find_experiment, load_benchmark, method_names
     from ovbench.results.store import ResultStore
-    from ovbench.runner import RunRequest, run_training, runs_dir
 
-    loaded = load_experiment(experiment)
+    loaded = load_experiment(find_experiment(experiment))
     records = ResultStore(store).read()
 
     def run_job(job) -> None:
+        from ovbench.runner import RunRequest, run_training, runs_dir  # torch: only when a job runs
+
         request = RunRequest(
             method=job.method, protocol=job.protocol, benchmark=job.benchmark, train_set=job.train_set, seed=job.seed,
             data_root=str(data_root) if data_root else None, device=device, store_path=str(store) if store else None,
@@ -274,6 +286,43 @@ def profile_command(
     table.add_row("all", f"{profile.trainable:,}", f"{profile.frozen:,}", f"{profile.trainable + profile.frozen:,}", style="bold")
     stdout_console.print(table)
     stdout_console.print(f"trainable parameters: {profile.trainable:,} ({profile.trainable / 1e6:.2f}M)")
+
+
+@app.command("check-adapter")
+def check_adapter_command(
+    name: str = typer.Argument(..., help="Method name (see `ovbench methods`) or a method YAML path."),
+    scale: Optional[str] = typer.Option(None, "--scale", help="Scale overlay; default tiny when the method has one ('full' = none)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation and the test inputs."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. model.pad_len=0 inference.mode=whole."),
+) -> None:
+    """Check that a method keeps the adapter contract: score shapes for 1, 5 and 300 classes,
+    vocabulary-order equivariance, batch independence, deterministic eval, a finite loss whose
+    gradient reaches exactly the optimiser groups, and checkpoint round-trips. Exits 1 if a check fails.
+
+    Example: ovbench check-adapter gsnet
+    """
+    from rich.markup import escape
+
+    from ovbench.contract import run_contract, summarize
+    from ovbench.registry import method_scales
+
+    if scale is None:
+        scale = "tiny" if "tiny" in method_scales(name) else None
+    elif scale == "full":
+        scale = None
+    results = run_contract(name, scale=scale, overrides=list(overrides or []), seed=seed)
+    styles = {"pass": "green", "fail": "bold red", "skip": "dim"}
+    table = Table(title=f"{name} — adapter contract ({f'{scale} scale' if scale else 'no scale overlay'})", title_justify="left")
+    for column in ("check", "status", "detail"):
+        table.add_column(column)
+    for result in results:
+        table.add_row(result.name, f"[{styles[result.status]}]{result.status}[/]", escape(result.detail))
+    stdout_console.print(table)
+    failed = [result.name for result in results if result.failed]
+    verdict = f"[bold red]FAILED[/bold red] ({escape(', '.join(failed))})" if failed else "[green]OK[/green]"
+    stdout_console.print(f"{verdict}: {summarize(results)}")
+    if failed:
+        raise typer.Exit(code=1)
 
 
 @app.command("methods")

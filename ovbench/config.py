@@ -3,8 +3,8 @@ dataclass construction that rejects unknown keys with a suggestion."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import difflib
 import functools
 import importlib.util
 import hashlib
@@ -18,7 +18,7 @@ from typing import Any, Iterable, TypeVar, Union
 
 import yaml
 
-from ovbench.errors import ConfigError
+from ovbench.errors import ConfigError, closest_name, unknown_name_error
 
 T = TypeVar("T")
 
@@ -59,6 +59,77 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+# --------------------------------------------------------------------------- named config files
+
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def is_yaml_path(name: str | Path) -> bool:
+    """Whether a name given for a config is meant as the path of a YAML file."""
+    return str(name).endswith(YAML_SUFFIXES)
+
+
+def config_files(folder: str, recursive: bool = False) -> dict[str, Path]:
+    """name -> YAML file under `configs_dir()/folder` (none when the folder is missing).
+
+    Names are file stems; with `recursive`, paths relative to the folder without the suffix
+    (`gsnet/E` for `configs/methods/gsnet/E.yaml`)."""
+    root = configs_dir() / folder
+    if not root.is_dir():
+        return {}
+    if recursive:
+        return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+    return {p.stem: p for p in sorted(root.glob("*.yaml"))}
+
+
+def yaml_file(name: str | Path, kind: str) -> Path:
+    """The YAML file a path names; a ConfigError saying what is missing when there is none."""
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"{kind} file not found: {name}")
+    return path
+
+
+def find_config_file(folder: str, kind: str, name: str, paths: bool = False) -> tuple[Path, str]:
+    """(file, name) of a named config: `configs/FOLDER/NAME.yaml`, or with `paths` the path of
+    a YAML file (named by its stem). An unknown name is a RegistryError listing the names."""
+    files = config_files(folder)
+    if name in files:
+        return files[name], name
+    if paths and is_yaml_path(name):
+        path = yaml_file(name, kind)
+        return path, path.stem
+    raise unknown_name_error(kind, name, files)
+
+
+@contextlib.contextmanager
+def naming_file(path: str | Path, errors: tuple[type[Exception], ...] = (ConfigError,)):
+    """Errors about a config file's content name the file, so the user knows what to edit."""
+    try:
+        yield
+    except errors as exc:
+        if str(path) in str(exc):
+            raise
+        raise type(exc)(f"{path}: {exc}") from None
+
+
+def load_config_file(cls: type[T], path: str | Path, kind: str, name: str) -> T:
+    """The dataclass `cls` from a config file; `name` fills the `name` key the file leaves out."""
+    raw = load_yaml(path)
+    raw.setdefault("name", name)
+    return build_dataclass(cls, raw, f"{kind} {name}")
+
+
+def load_named_config(cls: type[T], folder: str, kind: str, name: str, paths: bool = False) -> T:
+    """`find_config_file` + `load_config_file`: a config by name (or, with `paths`, by the path
+    of a YAML file, whose errors then name that file)."""
+    path, found = find_config_file(folder, kind, name, paths=paths)
+    if found == name:  # by name: errors say "benchmark NAME: ..."
+        return load_config_file(cls, path, kind, found)
+    with naming_file(path):
+        return load_config_file(cls, path, kind, found)
 
 
 def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -134,6 +205,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ConfigError as exc:
                 errors.append(str(exc))
         raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} matches none of {_type_name(tp)}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if isinstance(value, bool) or value not in allowed:
+            raise ConfigError(f"{where}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
+        return value
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -144,6 +220,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(tp)
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            # tuple[int, int]: exactly that many values, each of its own type
+            if len(value) != len(args):
+                raise ConfigError(f"{where}: expected a list of {len(args)} values, got {list(value)!r}")
+            return tuple(_coerce(v, t, f"{where}[{i}]") for i, (v, t) in enumerate(zip(value, args)))
         item_type = args[0] if args else Any
         items = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
         return items if origin is list else tuple(items)
@@ -177,9 +258,9 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def unknown_key_error(key: str, valid: Iterable[str], where: str = "") -> ConfigError:
     valid = sorted(valid)
     full = f"{where}.{key}" if where else key
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.5)
-    if close:
-        hint = f"did you mean '{f'{where}.{close[0]}' if where else close[0]}'?"
+    close = closest_name(key, valid)
+    if close is not None:
+        hint = f"did you mean '{f'{where}.{close}' if where else close}'?"
     else:
         hint = f"valid keys: {', '.join(valid)}" if valid else "this section takes no keys"
     return ConfigError(f"unknown config key '{full}' ({hint})")
@@ -201,6 +282,13 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
     return instance
+
+
+def check_instance(obj: T, where: str = "") -> T:
+    """A dataclass built in code, checked as if it had come from a file (types, `Literal`
+    choices, fixed-length tuples, its own `__post_init__`); returns the checked copy."""
+    data = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.init}
+    return build_dataclass(type(obj), data, where)
 
 
 def to_plain(obj: Any) -> Any:

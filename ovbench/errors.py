@@ -7,8 +7,10 @@ message without a traceback and exits with the error's `exit_code`.
 
 from __future__ import annotations
 
+import difflib
 import errno
 import os
+from typing import Iterable
 
 
 class OvbenchError(Exception):
@@ -50,6 +52,30 @@ class Interrupted(OvbenchError):
     """The user pressed Ctrl-C (SIGINT); the message says what was kept."""
 
     exit_code = 130
+
+
+def closest_name(name: str, candidates: Iterable[str], cutoff: float = 0.5) -> str | None:
+    """The candidate closest to a mistyped `name`, or None when none is close enough."""
+    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=1, cutoff=cutoff)
+    return close[0] if close else None
+
+
+def did_you_mean(name: str, candidates: Iterable[str], cutoff: float = 0.5) -> str:
+    """`" (did you mean 'x'?)"` naming the closest candidate, or "" when none is close."""
+    close = closest_name(name, candidates, cutoff)
+    return f" (did you mean '{close}'?)" if close is not None else ""
+
+
+def unknown_name(kind: str, name: str, available: Iterable[str], cutoff: float = 0.5) -> str:
+    """The one line for a name that is not known:
+    `unknown method 'clip-dens' (did you mean 'clip-dense'?); available: catseg, clip-dense, gsnet`."""
+    names = sorted({str(a) for a in available})
+    return f"unknown {kind} '{name}'{did_you_mean(name, names, cutoff)}; available: {', '.join(names) or 'none'}"
+
+
+def unknown_name_error(kind: str, name: str, available: Iterable[str], error: type[OvbenchError] = RegistryError) -> OvbenchError:
+    """`unknown_name` as an exception to raise (a RegistryError unless `error` says otherwise)."""
+    return error(unknown_name(kind, name, available))
 
 
 def first_line(exc: BaseException) -> str:

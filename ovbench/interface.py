@@ -3,20 +3,30 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from ovbench.config import check_instance
 from ovbench.data.vocabulary import Vocabulary
+from ovbench.errors import CheckpointError, ConfigError, OvbenchError, first_line
+from ovbench_methods.common.errors import MethodConfigError, WeightsError
 from ovbench_methods.common.state_dict import state_dict_mismatch
-from ovbench.errors import CheckpointError, OvbenchError, first_line
 
 if TYPE_CHECKING:
     from ovbench.eval.inference import InferenceMode
 
-__all__ = ["IGNORE_INDEX", "OpenVocabSegmenter", "Vocabulary", "load_torch_file"]
+__all__ = [
+    "IGNORE_INDEX",
+    "ConfiguredSegmenter",
+    "OpenVocabSegmenter",
+    "Vocabulary",
+    "load_torch_file",
+    "method_errors",
+]
 
 #: the value of ignored pixels in the targets `loss` receives, whatever the dataset's own ignore
 #: value (LandDiscover50K 0, Potsdam 5, FAST 255): the engine remaps it, so adapters need not know
@@ -38,6 +48,18 @@ def load_torch_file(path: str | Path, trusted: bool = False) -> Any:
     except Exception as exc:  # torch raises several unrelated types for bad files
         hint = "" if trusted else " (if you trust this file, pass --trust-checkpoint to load it without weights_only)"
         raise CheckpointError(f"cannot load checkpoint {path}: {first_line(exc)}{hint}") from None
+
+
+@contextmanager
+def method_errors(name: str) -> Iterator[None]:
+    """Translate the two base errors of `ovbench_methods` into ovbench errors, one line each:
+    a `WeightsError` is a `CheckpointError`, a `MethodConfigError` a `ConfigError`."""
+    try:
+        yield
+    except WeightsError as exc:
+        raise CheckpointError(f"{name}: {first_line(exc)}") from None
+    except MethodConfigError as exc:
+        raise ConfigError(f"{name}: {first_line(exc)}") from None
 
 
 class OpenVocabSegmenter(nn.Module, ABC):
@@ -68,7 +90,17 @@ class OpenVocabSegmenter(nn.Module, ABC):
             raise OvbenchError(f"predict expects images of shape (B,3,H,W), got {tuple(images.shape)}")
         if self.inference is None:
             raise OvbenchError(f"{self.method_name or type(self).__name__}: no inference mode configured")
-        return self.inference(lambda views: self.forward_logits(views, vocabulary), images)
+        with method_errors(self.display_name):
+            return self.inference(lambda views: self.forward_logits(views, vocabulary), images)
+
+    @property
+    def display_name(self) -> str:
+        return self.method_name or type(self).__name__
+
+    @classmethod
+    def is_training_free(cls) -> bool:
+        """A method that does not implement `loss` is evaluated as it is, never trained."""
+        return cls.loss is OpenVocabSegmenter.loss
 
     def loss(self, images: Tensor, targets: Tensor, vocabulary: Vocabulary) -> dict[str, Tensor]:
         """Training losses; `targets` (B,H,W) int64 class ids with IGNORE_INDEX for ignored
@@ -76,7 +108,8 @@ class OpenVocabSegmenter(nn.Module, ABC):
         raise OvbenchError(f"{self.method_name or type(self).__name__} is training-free and has no loss")
 
     def forward(self, images: Tensor, targets: Tensor, vocabulary: Vocabulary) -> dict[str, Tensor]:
-        return self.loss(images, targets, vocabulary)
+        with method_errors(self.display_name):
+            return self.loss(images, targets, vocabulary)
 
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser groups; the default trains every parameter that requires grad at base_lr."""
@@ -104,3 +137,30 @@ def load_state_dict_checked(module: nn.Module, state: dict, path: str | Path, na
         module.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. a non-tensor value where a tensor belongs
         raise CheckpointError(f"{path}: does not fit {name}: {first_line(exc)}") from None
+
+
+class ConfiguredSegmenter(OpenVocabSegmenter):
+    """An adapter whose model is built from one typed config dataclass.
+
+    Subclasses set `config_class` (the method's own dataclass from `ovbench_methods`, which
+    holds the published defaults) and implement `build_model(config, trusted)`; the
+    method YAML's `model:` section becomes that dataclass, checked field by field. Errors
+    the model raises on purpose (`MethodConfigError`, `WeightsError`) become one-line
+    ovbench errors here, so no adapter needs to know its method's exception classes.
+    """
+
+    #: the method's config dataclass
+    config_class: ClassVar[type]
+
+    def __init__(self, config: Any, inference: "InferenceMode | None" = None, trust_checkpoints: bool = False) -> None:
+        super().__init__(inference)
+        if not isinstance(config, self.config_class):
+            raise ConfigError(f"{self.display_name}: expected a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = check_instance(config, f"{self.display_name} model")
+        with method_errors(self.display_name):
+            self.model = self.build_model(self.config, trust_checkpoints)
+
+    @abstractmethod
+    def build_model(self, config: Any, trusted: bool) -> nn.Module:
+        """The method's torch module, built from `config`; `trusted` lets weight files load
+        without weights_only."""

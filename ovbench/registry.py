@@ -7,50 +7,55 @@ subclass), so a new method needs no edit of ovbench.
 
 from __future__ import annotations
 
-import difflib
 import importlib
+import importlib.util
+import pkgutil
 import inspect
 import os
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-from ovbench.config import build_dataclass, configs_dir, deep_merge, load_yaml, to_plain
-from ovbench.errors import ConfigError, OvbenchError, RegistryError, first_line
-from ovbench.engine.trainer import TrainConfig
-from ovbench.eval.inference import InferenceConfig, build_inference
+from ovbench.config import (
+    build_dataclass,
+    config_files,
+    deep_merge,
+    find_config_file,
+    load_named_config,
+    load_yaml,
+    to_plain,
+)
+from ovbench.errors import ConfigError, OvbenchError, RegistryError, first_line, unknown_name_error
+# the torch-free config dataclasses: listing and resolving configs loads neither torch nor the engine
+from ovbench.engine.train_config import TrainConfig
+from ovbench.inference_config import InferenceConfig
 
 ENTRY_POINT_GROUP = "ovbench.adapters"
 
-#: adapter name -> "module:Class"; imported only when used, so listing methods stays fast
-BUILTIN_ADAPTERS: dict[str, str] = {
-    "catseg": "ovbench_adapters.catseg:CatSegSegmenter",
-    "clip-dense": "ovbench_adapters.clip_dense:ClipDenseSegmenter",
-    "gsnet": "ovbench_adapters.gsnet:GsNetSegmenter",
-}
+#: In-tree adapters are found by name, so adding one edits nothing here: `adapter: foo-bar` is
+#: the module `ovbench_adapters.foo_bar`, and its segmenter class declares
+#: `method_name = "foo-bar"`. Shared adapter code lives in `ovbench_adapters.common`.
+ADAPTER_PACKAGE = "ovbench_adapters"
 
 
-def _config_files(folder: str) -> dict[str, Path]:
-    """name -> YAML file for the flat folders configs/datasets, benchmarks, protocols."""
-    root = configs_dir() / folder
-    return {p.stem: p for p in sorted(root.glob("*.yaml"))} if root.is_dir() else {}
+#: the benchmark every command runs when none is given (the embedded, data-free one); sweeps
+#: and experiment files use it for jobs that name no benchmark
+DEFAULT_BENCHMARK = "toyland"
+#: the paper's benchmark: what `run` and `eval` choose instead once a data root is configured
+REAL_BENCHMARK = "ovrsiss"
+
+#: name -> YAML file of the flat folders configs/datasets, benchmarks, protocols, experiments
+_config_files = config_files
+#: the "unknown NAME (did you mean ...); available: ..." RegistryError
+_unknown = unknown_name_error
 
 
-def _load_named(folder: str, kind: str, name: str, cls: type):
-    files = _config_files(folder)
-    if name not in files:
-        raise _unknown(kind, name, files)
-    raw = load_yaml(files[name])
-    raw.setdefault("name", name)
-    return build_dataclass(cls, raw, f"{kind} {name}")
+def build_inference(config: InferenceConfig):
+    """`ovbench.eval.inference.build_inference`, imported on use (it needs torch)."""
+    from ovbench.eval.inference import build_inference as build
 
-
-def _unknown(kind: str, name: str, available: Iterable[str]) -> RegistryError:
-    available = sorted(available)
-    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return RegistryError(f"unknown {kind} '{name}'{hint}; available: {', '.join(available) or 'none'}")
+    return build(config)
 
 
 # --------------------------------------------------------------------------- adapters
@@ -60,8 +65,38 @@ def _entry_point_adapters() -> dict[str, Any]:
     return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
 
 
+def builtin_adapter_names() -> list[str]:
+    """The adapter modules shipped in `ovbench_adapters` (listed without importing them)."""
+    spec = importlib.util.find_spec(ADAPTER_PACKAGE)
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    return sorted(
+        info.name.replace("_", "-") for info in pkgutil.iter_modules(locations) if not info.ispkg and not info.name.startswith("_")
+    )
+
+
 def adapter_names() -> list[str]:
-    return sorted(set(BUILTIN_ADAPTERS) | set(_entry_point_adapters()))
+    return sorted(set(builtin_adapter_names()) | set(_entry_point_adapters()))
+
+
+def _builtin_adapter(name: str) -> type | None:
+    """The segmenter class of the in-tree adapter `name`, or None when there is no such module."""
+    if name not in builtin_adapter_names():
+        return None
+    module_name = f"{ADAPTER_PACKAGE}.{name.replace('-', '_')}"
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RegistryError(f"adapter '{name}' cannot be imported: {exc}") from None
+    from ovbench.interface import OpenVocabSegmenter
+
+    found = [
+        obj for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, OpenVocabSegmenter) and obj.__module__ == module_name
+        and getattr(obj, "method_name", None) == name
+    ]
+    if len(found) != 1:
+        raise RegistryError(f"adapter module {module_name} must define one segmenter class with method_name = {name!r}, found {len(found)}")
+    return found[0]
 
 
 def _import_object(reference: str) -> Any:
@@ -77,8 +112,9 @@ def adapter_class(name: str) -> type:
     """A registered adapter name, or `module:Class` for an adapter under development."""
     from ovbench.interface import OpenVocabSegmenter
 
-    if name in BUILTIN_ADAPTERS:
-        cls = _import_object(BUILTIN_ADAPTERS[name])
+    builtin = None if ":" in name else _builtin_adapter(name)
+    if builtin is not None:
+        cls = builtin
     elif ":" in name:
         cls = _import_object(name)
     else:
@@ -141,10 +177,7 @@ class ResolvedMethod:
 
 
 def _method_files() -> dict[str, Path]:
-    root = configs_dir() / "methods"
-    if not root.is_dir():
-        return {}
-    return {p.relative_to(root).with_suffix("").as_posix(): p for p in sorted(root.rglob("*.yaml"))}
+    return config_files("methods", recursive=True)
 
 
 def method_names() -> list[str]:
@@ -275,7 +308,9 @@ def benchmark_names() -> list[str]:
 
 
 def load_benchmark(name: str) -> BenchmarkSpec:
-    spec = _load_named("benchmarks", "benchmark", name, BenchmarkSpec)
+    """A benchmark by name (configs/benchmarks/NAME.yaml) or by the path of a benchmark YAML
+    (named by its `name` key, else its file stem)."""
+    spec = load_named_config(BenchmarkSpec, "benchmarks", "benchmark", name, paths=True)
     if not spec.eval_sets:
         raise ConfigError(f"benchmark {name}: eval_sets is empty")
     return spec
@@ -308,4 +343,20 @@ def protocol_names() -> list[str]:
 
 
 def load_protocol(name: str) -> ProtocolSpec:
-    return _load_named("protocols", "protocol", name, ProtocolSpec)
+    return load_named_config(ProtocolSpec, "protocols", "protocol", name)
+
+
+# --------------------------------------------------------------------------- experiments
+
+
+def experiment_names() -> list[str]:
+    """The shipped experiments (configs/experiments/NAME.yaml: the paper's tables and figures)."""
+    return sorted(_config_files("experiments"))
+
+
+def find_experiment(name: str | Path) -> Path:
+    """An experiment file by name (`table2`) or by path; an unknown name lists the shipped ones."""
+    text = str(name)
+    if text not in _config_files("experiments") and Path(text).is_file():
+        return Path(text)
+    return find_config_file("experiments", "experiment", text, paths=True)[0]

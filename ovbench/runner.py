@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from ovbench.config import build_dataclass, config_hash, parse_overrides, load_yaml
+from ovbench.config import build_dataclass, config_hash, is_yaml_path, parse_overrides, load_yaml
 from ovbench.engine.checkpoint import checkpoint_origin
 from ovbench.engine.lock import RunLock
 from ovbench.errors import ConfigError, Interrupted, OvbenchError, StorageError
@@ -21,6 +21,9 @@ from ovbench.eval.evaluate import DatasetResult, evaluate_dataset, resolve_devic
 from ovbench.fileio import atomic_write_text, remove_stale_temp_files
 from ovbench.progress import ProgressReporter
 from ovbench.registry import (
+    DEFAULT_BENCHMARK,
+    REAL_BENCHMARK,
+    BenchmarkSpec,
     ResolvedMethod,
     benchmark_names,
     build_dataset,
@@ -33,11 +36,12 @@ from ovbench.registry import (
 )
 from ovbench.seeding import seed_everything
 
-DEFAULT_BENCHMARK = "toyland"
-REAL_BENCHMARK = "ovrsiss"
+#: the benchmark name records carry when the user's own sets replace a benchmark's evaluation
+#: sets (`eval --dataset`, `run --eval-set`)
+CUSTOM_BENCHMARK = "custom"
 TOYLAND_NOTICE = (
     "no benchmark given and no data configured: running the embedded synthetic benchmark "
-    "'toyland' (tiny models); use --benchmark ovrsiss --data-root DIR to run the paper's benchmark"
+    f"'{DEFAULT_BENCHMARK}' (tiny models); use --benchmark {REAL_BENCHMARK} --data-root DIR to run the paper's benchmark"
 )
 
 
@@ -88,16 +92,48 @@ class RunRequest:
     label: str | None = None
     #: folder holding the authors' checkpoints under their published file names (finetune)
     weights_dir: str | None = None
+    #: evaluate on these datasets instead of the benchmark's evaluation sets (`--eval-set`)
+    eval_sets: list[str] = field(default_factory=list)
 
 
 def choose_benchmark(requested: str | None, data_root: Path | None) -> str:
-    """The benchmark a command runs: the requested one, else the paper's when data is
-    configured and its spec exists, else the embedded toyland."""
+    """The benchmark a command runs: the requested one (a name or a benchmark YAML path),
+    else the paper's when data is configured and its spec exists, else the embedded toyland."""
     if requested:
         return requested
     if data_root is not None and REAL_BENCHMARK in benchmark_names():
         return REAL_BENCHMARK
     return DEFAULT_BENCHMARK
+
+
+def evaluation_sets(benchmark: BenchmarkSpec | None, own_sets: list[str]) -> tuple[str, list[str]]:
+    """(the benchmark name the records carry, the names of the sets to evaluate): the user's own
+    sets (`eval --dataset`, `run --eval-set`) make the 'custom' benchmark, else the benchmark's."""
+    if own_sets:
+        return CUSTOM_BENCHMARK, list(own_sets)
+    if benchmark is None:
+        raise ConfigError("no evaluation sets: give a benchmark or a dataset")
+    return benchmark.name, list(benchmark.eval_sets)
+
+
+def build_eval_sets(names: list[str], data_root: Path | None) -> list:
+    """The evaluation sets' readers: each name as `registry.build_dataset` reads it (a dataset
+    name, optionally with parameters, or a dataset spec YAML path). A set given twice is an
+    error: its records could not be told apart."""
+    datasets = [build_dataset(name, data_root) for name in names]
+    given: dict[str, str] = {}
+    for name, dataset in zip(names, datasets):
+        if dataset.name in given:
+            raise ConfigError(f"evaluation set {dataset.name} is given twice ({given[dataset.name]} and {name})")
+        given[dataset.name] = name
+    return datasets
+
+
+def _portable(name: str | None) -> str | None:
+    """A YAML path as an absolute path (a run's request.yaml must work from any directory)."""
+    if name and is_yaml_path(name) and Path(name).is_file():
+        return str(Path(name).resolve())
+    return name
 
 
 def pick_scale(method: str, requested: str | None, benchmark_default: str | None, clip_weights: str | None) -> str | None:
@@ -174,12 +210,9 @@ def run_evaluation(request: EvalRequest, console: Console) -> list[DatasetResult
     data_root = resolve_data_root(request.data_root)
     if request.datasets and request.benchmark:
         raise ConfigError("give either --benchmark or --dataset, not both")
-    if request.datasets:
-        benchmark_name, eval_sets, default_scale = "custom", request.datasets, None
-    else:
-        benchmark_name = choose_benchmark(request.benchmark, data_root)
-        spec = load_benchmark(benchmark_name)
-        eval_sets, default_scale = spec.eval_sets, spec.scale
+    spec = None if request.datasets else load_benchmark(choose_benchmark(request.benchmark, data_root))
+    benchmark_name, eval_sets = evaluation_sets(spec, request.datasets)
+    default_scale = spec.scale if spec is not None else None
     announce_toyland = not request.datasets and request.benchmark is None and benchmark_name == DEFAULT_BENCHMARK
 
     extra_overrides = {"eval": {"batch_size": request.batch_size}} if request.batch_size is not None else None
@@ -187,7 +220,7 @@ def run_evaluation(request: EvalRequest, console: Console) -> list[DatasetResult
                         clip_weights=request.clip_weights, extra=extra_overrides)
 
     # Everything that can fail on bad input is checked before the first image is predicted.
-    datasets = [build_dataset(name, data_root) for name in eval_sets]
+    datasets = build_eval_sets(eval_sets, data_root)
     device = resolve_device(request.device)
     seed_everything(request.seed)
     segmenter = build_segmenter(resolved, trust_checkpoints=request.trust_checkpoint)
@@ -288,8 +321,11 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
     if request.run_id is not None:
         check_run_id(request.run_id)
     data_root = resolve_data_root(Path(request.data_root) if request.data_root else None)
-    benchmark_name = choose_benchmark(request.benchmark, data_root)
-    benchmark = load_benchmark(benchmark_name)
+    request.benchmark = _portable(request.benchmark)
+    request.eval_sets = [_portable(name) for name in request.eval_sets]
+    benchmark = load_benchmark(choose_benchmark(request.benchmark, data_root))
+    benchmark_name = benchmark.name
+    record_benchmark, eval_set_names = evaluation_sets(benchmark, request.eval_sets)
     protocol = load_protocol(request.protocol)
     extra_overrides = {"train": {"iters": request.iters}} if request.iters is not None else None
     resolved = _resolve(request.method, request.overrides, scale=request.scale, benchmark_scale=benchmark.scale,
@@ -312,7 +348,7 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
     if protocol.train and not train_set_name:
         raise ConfigError(f"benchmark {benchmark_name} has no training set; pass --train-set NAME")
     train_set = build_dataset(train_set_name, data_root) if protocol.train else None
-    eval_sets = [build_dataset(name, data_root) for name in benchmark.eval_sets]
+    eval_sets = build_eval_sets(eval_set_names, data_root)
     device = resolve_device(request.device)
     dist = init_distributed(device)
     try:
@@ -334,12 +370,15 @@ def run_training(request: RunRequest, console: Console, resume: bool = False) ->
         resolved_dict = {**resolved.as_dict(), "protocol": protocol.name, "benchmark": benchmark_name,
                          "train_set": train_set_name if protocol.train else None, "seed": request.seed,
                          "checkpoint": request.checkpoint}
+        if request.eval_sets:
+            resolved_dict["eval_sets"] = [dataset.name for dataset in eval_sets]
         # one process at a time per run: a second `--resume` of the same run stops here
         lock = RunLock(run_dir, run_id).acquire() if dist.is_main else None
         try:
             return _train_and_evaluate(
                 request, console, resume=resume, run_id=run_id, run_dir=run_dir, resolved=resolved,
                 resolved_dict=resolved_dict, protocol=protocol, benchmark_name=benchmark_name,
+                record_benchmark=record_benchmark,
                 train_set_name=train_set_name, train_set=train_set, eval_sets=eval_sets, segmenter=segmenter,
                 dist=dist, method=method,
             )
@@ -357,7 +396,8 @@ def _hash_without_seed(resolved_dict: dict[str, Any]) -> str:
 
 def _train_and_evaluate(request: RunRequest, console: Console, *, resume: bool, run_id: str, run_dir: Path, resolved,
                         resolved_dict: dict[str, Any], protocol, benchmark_name: str, train_set_name: str | None,
-                        train_set, eval_sets: list, segmenter, dist, method: str) -> RunOutcome:
+                        train_set, eval_sets: list, segmenter, dist, method: str,
+                        record_benchmark: str | None = None) -> RunOutcome:
     """The part of a run that holds its lock: the run directory, training, evaluation."""
     from ovbench.engine.checkpoint import latest_checkpoint
     from ovbench.engine.trainer import Trainer
@@ -421,7 +461,7 @@ def _train_and_evaluate(request: RunRequest, console: Console, *, resume: bool, 
                 "run_id": run_id,
                 "method": method,
                 "protocol": protocol.name,
-                "benchmark": benchmark_name,
+                "benchmark": record_benchmark or benchmark_name,
                 "train_set": train_set_name if protocol.train else None,
                 "train_size": len(train_set) if train_set is not None else None,
                 "seed": request.seed,

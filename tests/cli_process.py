@@ -27,10 +27,11 @@ def cli_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def ovbench(home: Path, *args: str, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+def ovbench(home: Path, *args: str, timeout: float = 600, cwd: Path | None = None, **env: str) -> subprocess.CompletedProcess:
+    """The installed executable run in the repository (or in `cwd`) with `home` as OVBENCH_HOME."""
     assert Path(OVBENCH).is_file(), f"the ovbench executable is not installed at {OVBENCH}"
     return subprocess.run(
-        [OVBENCH, *args], capture_output=True, text=True, env=cli_env(home, **env), cwd=REPO, timeout=timeout,
+        [OVBENCH, *args], capture_output=True, text=True, env=cli_env(home, **env), cwd=cwd or REPO, timeout=timeout,
         stdin=subprocess.DEVNULL,
     )
 

@@ -13,9 +13,9 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from ovbench_adapters.catseg import CatSegConfig, CatSegSegmenter
+from ovbench_adapters.catseg import CatSegSegmenter
+from ovbench_methods.catseg.config import CatSegConfig
 from ovbench_methods.catseg.model import CatSegModel, build_catseg_model
 from ovbench_methods.common.clip_cost_model import set_mlp_activation
 from ovbench_methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD
@@ -47,7 +47,7 @@ TINY_CLIP = {
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
 }
 TINY_HEAD = dict(
-    image_size=(96, 96), guidance_blocks=(0, 1), hidden_dim=16, num_heads=2, num_layers=2, window_size=2,
+    image_size=(96, 96), feature_resolution=(6, 6), guidance_blocks=(0, 1), hidden_dim=16, num_heads=2, num_layers=2, window_size=2,
     text_guidance_proj_dim=8, appearance_guidance_proj_dim=8, decoder_dims=(16, 16),
     decoder_guidance_dims=(8, 8), decoder_guidance_proj_dims=(4, 4), pad_len=8,
 )
@@ -69,7 +69,7 @@ def tiny_model(seed: int = 0, **overrides) -> CatSegModel:
     clip = tiny_clip(seed)
     tokenizer = open_clip.SimpleTokenizer(context_length=clip.context_length)
     torch.manual_seed(seed + 100)
-    return CatSegModel(clip, tokenizer, ["A photo of a {} in the scene"], **{**TINY_HEAD, **overrides})
+    return CatSegModel(clip, tokenizer, ["A photo of a {} in the scene"], CatSegConfig(**{**TINY_HEAD, **overrides}))
 
 
 def images(n: int = 2, height: int = 96, width: int = 96, seed: int = 1) -> torch.Tensor:
@@ -77,9 +77,9 @@ def images(n: int = 2, height: int = 96, width: int = 96, seed: int = 1) -> torc
 
 
 @pytest.fixture
-def catseg_registered(monkeypatch):
-    """The built-in registry entry for `adapter: catseg` (ovbench/registry.py BUILTIN_ADAPTERS)."""
-    monkeypatch.setitem(registry.BUILTIN_ADAPTERS, "catseg", "ovbench_adapters.catseg:CatSegSegmenter")
+def catseg_registered():
+    """`adapter: catseg` resolves to the in-tree module ovbench_adapters.catseg."""
+    assert registry.adapter_class("catseg") is CatSegSegmenter
 
 
 # ---------------------------------------------------------------- split q/k/v
@@ -265,13 +265,13 @@ def test_text_is_encoded_with_gradients_in_training_and_cached_per_vocabulary_in
 # -------------------------------------------------------------- full scale
 def test_full_scale_vit_b16_parameter_counts_and_output_shape():
     torch.manual_seed(0)
-    model = build_catseg_model("ViT-B-16", clip_weights=None)
+    model = build_catseg_model(CatSegConfig(clip_weights=None))
 
     def count(params) -> int:
         return sum(p.numel() for p in params)
 
     upsamplers = count(model.upsample1.parameters()) + count(model.upsample2.parameters())
-    assert count(model.transformer.parameters()) == 2_308_961  # catseg.md section 8
+    assert count(model.transformer.parameters()) == 2_308_961  # docs/methods/catseg.md#parameter-counts
     assert count(model.transformer.layers[0].swin_block.block_1.parameters()) == 231_040
     assert count(model.transformer.layers[0].parameters()) == 677_120
     assert upsamplers == 2_359_680
@@ -285,18 +285,20 @@ def test_full_scale_vit_b16_parameter_counts_and_output_shape():
 
 
 # ---------------------------------------------------------------- adapter
-def test_yaml_full_scale_is_the_config_default_and_remoteclip_differs_where_expected():
-    full = yaml.safe_load((REPO / "configs/methods/catseg.yaml").read_text())
-    assert full["adapter"] == "catseg"
-    assert full["model"] == {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(CatSegConfig()).items() if k in full["model"]}
-    assert set(full["model"]) == set(vars(CatSegConfig())) - {"model_config"}
+def test_published_recipe_and_remoteclip_variant_changes_only_its_clip(catseg_registered):
+    full = registry.resolve_method("catseg").as_dict()
+    assert full["model"]["arch"] == "ViT-B-16" and full["model"]["image_size"] == [384, 384]
     assert full["inference"] == {**full["inference"], "mode": "sliding", "size": [640, 640], "window": 384, "stride": 256,
                                  "global_view": 384, "activation": "sigmoid", "short_side": 640, "max_size": 2560}
     assert full["train"]["iters"] == 80000 and full["train"]["grad_clip"] == 0.01
     assert full["coco_checkpoint"]["file"] == "model_base.pth"
-    remote = yaml.safe_load((REPO / "configs/methods/catseg-remoteclip.yaml").read_text())
+    remote = registry.resolve_method("catseg-remoteclip").as_dict()
     changed = {k for k in full["model"] if remote["model"][k] != full["model"][k]}
     assert changed == {"arch", "clip_weights", "image_size"} and remote["model"]["image_size"] == [768, 768]
+    assert remote["coco_checkpoint"] is None
+    assert {k: v for k, v in remote.items() if k not in ("model", "coco_checkpoint", "description", "method")} == {
+        k: v for k, v in full.items() if k not in ("model", "coco_checkpoint", "description", "method")
+    }
 
 
 def test_remoteclip_variant_missing_weights_is_one_clear_error(catseg_registered):
@@ -308,13 +310,19 @@ def test_remoteclip_variant_missing_weights_is_one_clear_error(catseg_registered
     assert tiny.model.image_encoder.patch_size == (32, 32) and tiny.model.feature_resolution == (8, 8)
 
 
-def test_bad_config_fields_raise_config_error():
-    for field, value in [("window_size", 0), ("synonyms", "all"), ("templates", "nope"), ("image_size", [384]),
+def test_bad_config_fields_raise_config_error(catseg_registered):
+    for field, value in [("window_size", 0), ("synonyms", "all"), ("image_size", [384]),
                          ("clip_finetune", "prompt"), ("pad_len", -1), ("num_heads", 3)]:
-        with pytest.raises(ConfigError, match="catseg"):
-            CatSegSegmenter(CatSegConfig(clip_weights=None, **{field: value}))
-    with pytest.raises(ConfigError, match="feature_resolution"):
-        CatSegSegmenter(CatSegConfig(clip_weights=None, model_config=TINY_CLIP, image_size=[96, 96], guidance_blocks=[0, 1]))
+        with pytest.raises(ConfigError, match=field) as info:
+            registry.resolve_method("catseg", scale="tiny", overrides={"model": {field: value}})
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="unknown template set 'nope'"):
+        registry.build_segmenter(registry.resolve_method("catseg", scale="tiny", overrides={"model": {"templates": "nope"}}))
+    with pytest.raises(ConfigError, match="catseg: feature_resolution"):
+        CatSegSegmenter(CatSegConfig(clip_weights=None, model_config=TINY_CLIP, image_size=(96, 96), guidance_blocks=(0, 1)))
+    # a config built in code is checked like one read from a file
+    with pytest.raises(ConfigError, match="synonyms: expected one of first, average"):
+        CatSegSegmenter(CatSegConfig(clip_weights=None, synonyms="all"))
 
 
 def tiny_segmenter(**fields) -> CatSegSegmenter:

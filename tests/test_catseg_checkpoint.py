@@ -1,6 +1,7 @@
 """CAT-Seg checkpoints: the authors' detectron2 layout and ovbench's own, strict and one-line errors.
 
-The official file is written here in its exact layout (catseg.md section 9): a torch.save'd
+The official file is written here in its exact layout
+(docs/methods/catseg.md#module-and-state-dict-correspondence): a torch.save'd
 ``{"model": state_dict, "iteration": ...}`` with ``sem_seg_head.predictor.clip_model.*`` (both
 CLIP towers, split q/k/v weights, packed in_proj_bias, pos-embed at the pretrained size,
 ``logit_scale``), ``sem_seg_head.predictor.transformer.*`` and top-level ``upsample1/2``.

@@ -209,3 +209,93 @@ def test_eval_with_clip_weights_file(capsys, isolated_home, tmp_path):
     assert code == 0, err
     records = [json.loads(line) for line in store_lines(isolated_home)]
     assert len(records) == 3 and all(r["extra"]["scale"] is None for r in records)
+
+
+# --------------------------------------------------------------------------- light listings, benchmark files, own eval sets
+
+LISTING_PROBE = textwrap.dedent(
+    """\
+    import contextlib, io, json, sys
+    from ovbench.cli import main
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        code = main(sys.argv[1:])
+    heavy = sorted(m for m in sys.modules if m == "torch" or m.startswith(("torch.", "ovbench.eval", "ovbench.engine.trainer")))
+    print(json.dumps({"code": code, "heavy": heavy, "out": out.getvalue()}))
+    """
+)
+
+
+def test_listings_and_help_do_not_import_torch(tmp_path):
+    env = dict(os.environ, OVBENCH_HOME=str(tmp_path), HF_HUB_OFFLINE="1")
+    for args, shown in ((["methods"], "clip-dense"), (["datasets"], "toyland-urban"), (["benchmarks"], "ovrsiss"),
+                        (["--help"], "benchmarks"), (["run", "--help"], "--eval-set")):
+        proc = subprocess.run([sys.executable, "-c", LISTING_PROBE, *args], capture_output=True, text=True, env=env, cwd=REPO)
+        assert proc.returncode == 0, proc.stderr
+        result = json.loads(proc.stdout.splitlines()[-1])
+        assert result["code"] == 0 and shown in result["out"], (args, result["out"][-500:])
+        assert result["heavy"] == [], (args, result["heavy"][:5])
+
+
+def _benchmark_file(folder: Path, name: str = "bench.yaml", text: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text or "description: mine\ntrain_set: toyland-train\neval_sets: [toyland-flood]\nscale: tiny\n")
+    return path
+
+
+def test_eval_on_a_benchmark_file(tmp_path):
+    from cli_process import TRAINABLE, ovbench, records
+
+    work = tmp_path / "work"
+    _benchmark_file(work)
+    proc = ovbench(tmp_path / "home", "eval", "-m", TRAINABLE, "--benchmark", "bench.yaml", "-q", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    assert "toyland-flood" in proc.stdout and "no benchmark given" not in proc.stderr
+    rows = records(tmp_path / "home" / "results.jsonl")
+    assert [(r["benchmark"], r["eval_set"], r["protocol"]) for r in rows] == [("bench", "toyland-flood", "zeroshot")]
+
+
+def test_run_on_a_benchmark_file_resumes_from_anywhere(tmp_path):
+    from cli_process import TRAINABLE, ovbench, records
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    _benchmark_file(work, "trial.yml", "name: field-trial\ntrain_set: toyland-train\neval_sets: [toyland-urban]\nscale: tiny\n")
+    proc = ovbench(home, "run", "-m", TRAINABLE, "--benchmark", "trial.yml", "--run-id", "b", "-q", "train.iters=2", cwd=work)
+    assert proc.returncode == 0, proc.stderr
+    rows = records(home / "results.jsonl")
+    assert [(r["benchmark"], r["eval_set"], r["train_set"]) for r in rows] == [("field-trial", "toyland-urban", "toyland-train")]
+    # the run keeps the file's absolute path: --resume works from another directory
+    saved = (home / "runs" / "b" / "request.yaml").read_text()
+    assert str((work / "trial.yml").resolve()) in saved
+    proc = ovbench(home, "run", "--resume", "b", "-q", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "run b is finished" in proc.stderr and len(records(home / "results.jsonl")) == 1
+
+
+def test_run_evaluates_on_the_users_own_sets(tmp_path):
+    from cli_process import TRAINABLE, ovbench, records
+
+    home = tmp_path / "home"
+    spec = write_folder_dataset(tmp_path / "field")
+    # toyland trains (a data root alone would choose the paper's benchmark); the user's sets are evaluated
+    proc = ovbench(home, "run", "-m", TRAINABLE, "--benchmark", "toyland", "--eval-set", "toyland-objects", "--eval-set", str(spec),
+                   "--data-root", str(tmp_path / "field" / "data"), "--run-id", "own", "-q", "train.iters=2")
+    assert proc.returncode == 0, proc.stderr
+    rows = records(home / "results.jsonl")
+    assert [(r["benchmark"], r["eval_set"], r["train_set"], r["iterations"]) for r in rows] == [
+        ("custom", "toyland-objects", "toyland-train", 2), ("custom", "tiny", "toyland-train", 2)]
+    assert rows[1]["extra"]["num_images"] == 3
+    config = (home / "runs" / "own" / "config.yaml").read_text()
+    assert "eval_sets:" in config and "benchmark: toyland" in config
+
+
+def test_run_eval_set_errors(capsys, isolated_home):
+    from cli_process import TRAINABLE
+
+    code, out, err = run_cli(capsys, "run", "-m", TRAINABLE, "--eval-set", "toyland-urban", "--eval-set", "toyland-urban", "-q")
+    assert_one_line_error(code, err, "evaluation set toyland-urban is given twice")
+    code, out, err = run_cli(capsys, "run", "-m", TRAINABLE, "--eval-set", "toyland-urbn", "-q")
+    assert_one_line_error(code, err, "unknown dataset 'toyland-urbn' (did you mean 'toyland-urban'?)")
+    code, out, err = run_cli(capsys, "run", "--resume", "x", "--eval-set", "toyland-urban")
+    assert_one_line_error(code, err, "--resume continues a run as it was configured; drop --eval-set")
+    assert store_lines(isolated_home) == [] and not (isolated_home / "runs").exists()

@@ -12,14 +12,15 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-import yaml
 
-from ovbench_adapters.clip_dense import ClipDenseConfig, ClipDenseSegmenter
+from ovbench_adapters.clip_dense import ClipDenseSegmenter
+from ovbench_methods.clip_dense.config import ClipDenseConfig
 from ovbench_methods.clip_dense.model import ClipDenseModel
 from ovbench_methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, DenseClipError
 from ovbench_methods.common.prompts import TEMPLATE_SETS, UnknownTemplateSetError, get_templates
 from ovbench_methods.common.text import ClipTextEncoder
 from ovbench.data.vocabulary import Vocabulary
+from ovbench import registry
 from ovbench.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +48,7 @@ def tiny_model(
 ) -> ClipDenseModel:
     clip = tiny_clip(seed)
     tokenizer = open_clip.SimpleTokenizer(context_length=clip.context_length)
-    return ClipDenseModel(clip, tokenizer, templates, last_block=last_block)
+    return ClipDenseModel(clip, tokenizer, templates, ClipDenseConfig(last_block=last_block))
 
 
 def images(n: int, height: int, width: int, seed: int = 1) -> torch.Tensor:
@@ -279,12 +280,11 @@ def test_adapter_predict_end_to_end_gives_scores_at_input_size():
 
 
 def test_adapter_rejects_bad_config_fields_with_config_error():
-    with pytest.raises(ConfigError, match="templates"):
+    for field, value in [("last_block", "attn"), ("temperature", 0)]:
+        with pytest.raises(ConfigError, match=field):
+            registry.resolve_method("clip-dense", scale="tiny", overrides={"model": {field: value}})
+    with pytest.raises(ConfigError, match="clip-dense: unknown prompt-template set 'nope'"):
         ClipDenseSegmenter(tiny_config(templates="nope"))
-    with pytest.raises(ConfigError, match="last_block"):
-        ClipDenseSegmenter(tiny_config(last_block="attn"))
-    with pytest.raises(ConfigError, match="temperature"):
-        ClipDenseSegmenter(tiny_config(temperature=0))
     with pytest.raises(ConfigError, match="model_config"):
         bad_config = {"embed_dim": 64, "vision_cfg": {"bogus": 1}}
         ClipDenseSegmenter(ClipDenseConfig(clip_weights=None, model_config=bad_config))
@@ -292,13 +292,10 @@ def test_adapter_rejects_bad_config_fields_with_config_error():
         ClipDenseSegmenter(ClipDenseConfig(arch="ViT-B-61", clip_weights=None))
 
 
-def test_yaml_defaults_and_tiny_scale_build():
-    spec = yaml.safe_load((REPO_ROOT / "configs/methods/clip-dense.yaml").read_text())
-    assert spec["adapter"] == ClipDenseSegmenter.method_name
-    assert spec["model"] == {}
-    assert spec["inference"]["mode"] == "whole"
-    defaults = ClipDenseConfig()
-    assert (defaults.arch, defaults.clip_weights, defaults.templates) == ("ViT-B-16", "openai", "maskclip85")
-    tiny = ClipDenseConfig(**spec["scales"]["tiny"]["model"])
-    segmenter = ClipDenseSegmenter(tiny, inference=whole_image_mode(tuple(spec["scales"]["tiny"]["inference"]["size"])))
+def test_published_defaults_and_tiny_scale_build():
+    full = registry.resolve_method("clip-dense")
+    assert (full.model_config.arch, full.model_config.clip_weights, full.model_config.templates) == ("ViT-B-16", "openai", "maskclip85")
+    assert full.config.inference.mode == "whole"
+    resolved = registry.resolve_method("clip-dense", scale="tiny")
+    segmenter = registry.build_segmenter(resolved)
     assert segmenter.predict(images(1, 64, 64), Vocabulary(["water", "tree"])).shape == (1, 2, 64, 64)

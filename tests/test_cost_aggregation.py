@@ -1,8 +1,11 @@
 """Cost-aggregation blocks (methods/common/cost_aggregation.py) against slow references.
 
-The references below are written from the block descriptions (common-blocks.md sections
-4-7): explicit per-window / per-position loops with plain softmax or kernel sums, so that the
-vectorised, SDPA-based blocks are checked against the arithmetic they stand for.
+The references below are written from the block descriptions in docs/methods/catseg.md
+(docs/methods/catseg.md#cost-volume-and-embedding, docs/methods/catseg.md#spatial-aggregation,
+docs/methods/catseg.md#class-aggregation, docs/methods/catseg.md#upsampling-decoder and
+docs/methods/catseg.md#loss): explicit per-window / per-position loops with plain softmax or
+kernel sums, so that the vectorised, SDPA-based blocks are checked against the arithmetic
+they stand for.
 """
 
 from __future__ import annotations
@@ -277,6 +280,7 @@ def small_aggregator(pad_len: int) -> CatSegAggregator:
         text_guidance_dim=16, text_guidance_proj_dim=8, appearance_guidance_dim=16, appearance_guidance_proj_dim=8,
         decoder_dims=(16, 16), decoder_guidance_dims=(6, 4), decoder_guidance_proj_dims=(4, 2), num_layers=1,
         num_heads=2, hidden_dim=8, feature_resolution=(4, 4), window_size=2, pad_len=pad_len,
+        pooling_sizes=(2, 2), eval_pooling_sizes=(1, 1), attention_type="linear", prompt_channel=1,
     )
 
 

@@ -1,7 +1,9 @@
 """The real datasets' readers, on tiny copies written in their exact on-disk formats.
 
-Every layout below is written from the reference card (datasets.md §1-3, §5), not from the spec
-YAML files, so a spec that drifts from the published layout fails here.
+Every layout below is written from docs/datasets.md (docs/datasets.md#landdiscover50k,
+docs/datasets.md#subsets-and-per-source-sets, docs/datasets.md#evaluation-sets and
+docs/datasets.md#coco-stuff), not from the spec YAML files, so a spec that drifts from the
+published layout fails here.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from ovbench_adapters.gsnet import GsNetConfig, GsNetSegmenter
+from ovbench_adapters.gsnet import GsNetSegmenter
 from ovbench_methods.common.dino import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD
 from ovbench import registry
 from ovbench.data.toyland import TOYLAND_EVAL_SPLITS, TOYLAND_TRAIN_SPLIT, ToylandDataset
@@ -32,10 +32,10 @@ VARIANTS = ("gsnet",) + tuple(f"gsnet/{row}" for row in ROWS)
 #: Model fields each Table 3 row changes with respect to gsnet.yaml (full scale).
 ROW_CHANGES = {
     "A": {"use_rsib": False, "fusion_type": "clip_only", "rsib_decoder_guidance": False},
-    "B": {"arch": "ViT-B-32", "clip_weights": "RemoteCLIP-ViT-B-32.pt", "image_size": [768, 768], "use_rsib": False,
+    "B": {"arch": "ViT-B-32", "clip_weights": "RemoteCLIP-ViT-B-32.pt", "image_size": (768, 768), "use_rsib": False,
           "fusion_type": "clip_only", "rsib_decoder_guidance": False},
     "C": {"use_clip": False, "fusion_type": "rsib_only", "clip_decoder_guidance": False},
-    "D": {"arch": "ViT-B-32", "clip_weights": "RemoteCLIP-ViT-B-32.pt", "image_size": [768, 768]},
+    "D": {"arch": "ViT-B-32", "clip_weights": "RemoteCLIP-ViT-B-32.pt", "image_size": (768, 768)},
     "E": {"fusion_type": "simple_concatenation"},
     "F": {"fusion_type": "fusion_query"},
     "G": {"clip_decoder_guidance": False, "rsib_decoder_guidance": False},
@@ -64,18 +64,16 @@ def toyland_batch(split: str = TOYLAND_TRAIN_SPLIT, count: int = 2):
 
 
 # ------------------------------------------------------------------ configuration
-def test_yaml_full_scale_is_the_config_default():
-    full = yaml.safe_load((REPO / "configs/methods/gsnet.yaml").read_text())
-    defaults = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(GsNetConfig()).items()}
+def test_published_recipe():
+    full = registry.resolve_method("gsnet").as_dict()
     assert full["adapter"] == "gsnet"
-    assert set(full["model"]) == set(defaults) - {"model_config"}
-    assert full["model"] == {k: defaults[k] for k in full["model"]}
+    assert full["model"]["arch"] == "ViT-B-16" and full["model"]["dino_weights"] == "$RSIB_CKPT"
     assert full["inference"] == {"mode": "sliding", "size": [640, 640], "window": 384, "stride": 256, "global_view": 384,
                                  "global_weight": 0.5, "activation": "sigmoid", "short_side": 640, "max_size": 2560}
     train = full["train"]
     assert (train["iters"], train["batch_size"], train["grad_clip"], train["precision"]) == (30000, 4, 0.01, "fp32")
-    assert train["optimizer"] == {"lr": 0.0002, "weight_decay": 0.0001}
-    assert train["schedule"] == {"name": "cosine", "warmup_iters": 0}
+    assert {k: train["optimizer"][k] for k in ("lr", "weight_decay")} == {"lr": 0.0002, "weight_decay": 0.0001}
+    assert (train["schedule"]["name"], train["schedule"]["warmup_iters"]) == ("cosine", 0)
     assert train["transform"]["crop_size"] == [384, 384] and train["transform"]["label_pad_value"] is None
     assert train["transform"]["size_divisibility"] == 384 and train["transform"]["max_size"] == 1333
     assert full["coco_checkpoint"] is None  # no GSNet COCO-Stuff checkpoint is published
@@ -114,9 +112,12 @@ def test_inherit_deep_merges_and_refuses_cycles(tmp_path):
 
 def test_bad_settings_are_one_line_config_errors():
     for field, value in [("fusion_type", "sum"), ("dino_input_norm", "raw"), ("dino_finetune", "some"),
-                         ("decoder_dims", [40, 32]), ("dino_arch", "vit_huge_8"), ("window_size", 0)]:
-        with pytest.raises(ConfigError, match="gsnet"):
-            GsNetSegmenter(GsNetConfig(clip_weights=None, dino_weights=None, **{field: value}))
+                         ("decoder_dims", [40, 32]), ("window_size", 0)]:
+        with pytest.raises(ConfigError, match=field) as info:
+            registry.resolve_method("gsnet", scale="tiny", overrides={"model": {field: value}})
+        assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="gsnet: .*vit_huge_8"):
+        tiny(dino_arch="vit_huge_8")
     # a fusion that does not fit the streams, and guidance from a stream that is not there
     for fields, message in [({"use_rsib": False}, "clip_only"), ({"use_clip": False}, "rsib_only"),
                             ({"use_clip": False, "fusion_type": "rsib_only"}, "clip_decoder_guidance"),
@@ -129,10 +130,10 @@ def test_bad_settings_are_one_line_config_errors():
     with pytest.raises(ConfigError, match="pos_embed_resize"):
         tiny(dino_pos_embed_resize="official")
     # The RSIB weights are a file, never an open_clip tag; CLIP's may be either.
-    with pytest.raises(ConfigError, match=r"gsnet: dino_weights must be a file path or null, got ' '"):
-        GsNetSegmenter(GsNetConfig(clip_weights=None, dino_weights=" "))
-    with pytest.raises(ConfigError, match=r"gsnet: clip_weights must be a tag, a file path or null, got 3"):
-        GsNetSegmenter(GsNetConfig(clip_weights=3, dino_weights=None))
+    for field, value, message in [("dino_weights", " ", "dino_weights must be a file path or null"),
+                                  ("clip_weights", 3, "clip_weights: expected a string, got 3")]:
+        with pytest.raises(ConfigError, match=message):
+            registry.resolve_method("gsnet", overrides={"model": {field: value}})
 
 
 def test_rsib_weights_come_from_rsib_ckpt_like_the_official_code(monkeypatch, tmp_path):
@@ -252,7 +253,8 @@ def test_ignored_pixels_are_negative_targets_unless_masked():
 
 
 def test_training_vocabulary_keeps_the_ignored_background_query():
-    # quirk #3: toyland-train, like LandDiscover50K, ignores "background" yet queries it
+    # docs/methods/gsnet.md#background-stays-a-training-query: toyland-train, like
+    # LandDiscover50K, ignores "background" yet queries it
     dataset = ToylandDataset(TOYLAND_TRAIN_SPLIT)
     assert dataset.vocabulary[dataset.ignore_index].name == "background"
     images, masks, vocabulary = toyland_batch()
@@ -269,7 +271,7 @@ def test_full_scale_parameter_counts_and_output_shape():
     def count(params) -> int:
         return sum(p.numel() for p in params)
 
-    # gsnet.md section 7
+    # docs/methods/gsnet.md#parameter-counts
     assert count(model.transformer.parameters()) == 4_036_369
     assert count(model.transformer.fusion.parameters()) == 1_618_560
     assert count(model.transformer.layers.parameters()) == 1_354_240
@@ -294,7 +296,7 @@ def test_profile_prints_the_published_parts(monkeypatch):
     assert parts["model.upsample1"][0] + parts["model.upsample2"][0] + parts["model.rsib_projections"][0] == 4_523_264
     assert parts["model.image_encoder"][0] + parts["model.text_encoder"][0] == 20_447_232  # CLIP q/v
     assert parts["model.dino_model"] == (0, 85_807_872)
-    assert profile.trainable == 29_006_865  # gsnet.md section 7: about 29.0M
+    assert profile.trainable == 29_006_865  # docs/methods/gsnet.md#parameter-counts: about 29.0M
 
 
 # ------------------------------------------------------------------------- toyland

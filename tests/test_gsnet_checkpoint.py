@@ -1,6 +1,7 @@
 """GSNet checkpoints: the authors' detectron2 layout, the RSIB (DINO) file, ovbench's own.
 
-The official file is written here in its exact layout (gsnet.md section 8), assembled from
+The official file is written here in its exact layout
+(docs/methods/gsnet.md#module-and-state-dict-correspondence), assembled from
 the sub-modules the way the official model nests them: ``{"model": state_dict, "iteration":
 ...}`` with ``sem_seg_head.predictor.clip_model.*`` (both CLIP towers, split q/k/v weights,
 packed in_proj_bias, pos-embed at the pretrained size, ``logit_scale``),

@@ -283,12 +283,12 @@ def test_ripd_input_errors_are_one_line():
 
 # --------------------------------------------------------------------------- accounting
 def test_published_parameter_totals():
-    """gsnet.md §7: RIPD 4,036,369 and CLIP upsamplers + RSIB projections 4,523,264."""
+    """docs/methods/gsnet.md#parameter-counts: RIPD 4,036,369 and CLIP upsamplers + RSIB projections 4,523,264."""
     qgff = count(build_cost_fusion("query_guided"))
     decoder = count(RipdDecoder())
     # The aggregator's own guidance projections (built with the shared aggregator, not here).
     appearance = count(nn.Conv2d(512, 128, 3, padding=1)) + count(nn.Linear(512, 128))
-    aggregator_layers = 2 * 677_120  # catseg.md §8
+    aggregator_layers = 2 * 677_120  # docs/methods/catseg.md#parameter-counts
     assert qgff == 1_618_560 and appearance == 655_616
     assert qgff + decoder + appearance + aggregator_layers == 4_036_369
     clip_upsamplers = count(nn.ConvTranspose2d(768, 256, 2, 2)) + count(nn.ConvTranspose2d(768, 128, 4, 4))

@@ -96,3 +96,100 @@ def test_bad_method_settings():
         resolve_method("clip-dense", overrides={"model": {"archh": "x"}})
     with pytest.raises(RegistryError, match="unknown method"):
         resolve_method("no-such-method")
+
+
+# --------------------------------------------------------------------------- shared lookups
+
+OVBENCH_SOURCE = importlib.import_module("ovbench").__path__[0]
+
+
+def _unknown_cases():
+    from ovbench.data.catalog import load_template_set, load_vocabulary_file
+    from ovbench.data.toyland import ToylandDataset
+    from ovbench.registry import build_dataset, find_experiment, load_protocol
+
+    return [
+        (lambda: resolve_method("clip-dens"), "method", "clip-dens", "clip-dense"),
+        (lambda: load_benchmark("toylnd"), "benchmark", "toylnd", "toyland"),
+        (lambda: load_protocol("scrach"), "protocol", "scrach", "scratch"),
+        (lambda: build_dataset("toyland-urbn"), "dataset", "toyland-urbn", "toyland-urban"),
+        (lambda: ToylandDataset("toyland-urbn"), "toyland split", "toyland-urbn", "toyland-urban"),
+        (lambda: find_experiment("tabel2"), "experiment", "tabel2", "table2"),
+        (lambda: load_vocabulary_file("potsdm"), "vocabulary", "potsdm", "potsdam"),
+        (lambda: load_template_set("remote-sensng"), "template set", "remote-sensng", "remote-sensing"),
+    ]
+
+
+def test_every_unknown_name_gets_the_same_did_you_mean_line():
+    from ovbench.errors import unknown_name
+
+    for call, kind, name, close in _unknown_cases():
+        with pytest.raises(RegistryError) as caught:
+            call()
+        message = str(caught.value)
+        assert message.startswith(f"unknown {kind} '{name}' (did you mean '{close}'?); available: "), message
+        assert "\n" not in message
+    assert unknown_name("benchmark", "zzz", ["b", "a"]) == "unknown benchmark 'zzz'; available: a, b"
+    assert unknown_name("benchmark", "x", []) == "unknown benchmark 'x'; available: none"
+
+
+def test_name_suggestions_and_first_lines_have_one_implementation():
+    """ovbench/ asks errors.py for "did you mean" and for an exception's first line (methods/,
+    which cannot import ovbench, keeps its own)."""
+    from pathlib import Path
+
+    for path in sorted(Path(OVBENCH_SOURCE).rglob("*.py")):
+        if path.name == "errors.py":
+            continue
+        text = path.read_text(encoding="utf-8")
+        for copy in ("get_close_matches", "splitlines()[0]", 'split("\\n")[0]', "str(exc) or type(exc).__name__"):
+            assert copy not in text, f"{path}: hand-written copy of {copy!r}"
+
+
+def test_registry_and_catalog_read_one_config_tree(tmp_path, monkeypatch):
+    """Benchmarks, protocols, experiments and dataset specs are all found through
+    ovbench.config's lookup, so OVBENCH_CONFIGS moves them together."""
+    from ovbench.data.catalog import dataset_names as catalog_names
+    from ovbench.registry import benchmark_names, experiment_names, load_protocol, protocol_names
+
+    for folder, name, text in [
+        ("benchmarks", "mine", "eval_sets: [toyland-urban]\n"),
+        ("protocols", "distill", "train: true\n"),
+        ("experiments", "small", "jobs: [{method: clip-dense, protocol: zeroshot}]\n"),
+        ("datasets", "field", "image_dir: img\nmask_dir: ann\nvocabulary: [road]\n"),
+    ]:
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / f"{name}.yaml").write_text(text)
+    monkeypatch.setenv("OVBENCH_CONFIGS", str(tmp_path))
+    assert benchmark_names() == ["mine"] and load_benchmark("mine").name == "mine"
+    assert protocol_names() == ["distill"] and load_protocol("distill").train
+    assert experiment_names() == ["small"] and catalog_names() == ["field"]
+    with pytest.raises(RegistryError, match=r"unknown benchmark 'toyland'; available: mine$"):
+        load_benchmark("toyland")
+
+
+def test_benchmark_from_a_yaml_path(tmp_path):
+    path = tmp_path / "my-bench.yaml"
+    path.write_text("train_set: toyland-train\neval_sets: [toyland-urban, toyland-flood]\nscale: tiny\n")
+    spec = load_benchmark(str(path))
+    assert (spec.name, spec.eval_sets, spec.train_set, spec.scale) == (
+        "my-bench", ["toyland-urban", "toyland-flood"], "toyland-train", "tiny")
+    named = tmp_path / "other.yml"
+    named.write_text("name: field-trial\neval_sets: [toyland-objects]\n")
+    assert load_benchmark(str(named)).name == "field-trial"
+    with pytest.raises(ConfigError, match="benchmark file not found: .*absent.yaml"):
+        load_benchmark(str(tmp_path / "absent.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("evl_sets: [toyland-urban]\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: unknown config key .*did you mean .*eval_sets"):
+        load_benchmark(str(bad))
+
+
+def test_one_default_benchmark():
+    from ovbench import registry, runner
+    from ovbench.engine.sweep import Job
+
+    assert registry.DEFAULT_BENCHMARK == "toyland" and registry.DEFAULT_BENCHMARK in registry.benchmark_names()
+    assert runner.DEFAULT_BENCHMARK is registry.DEFAULT_BENCHMARK
+    assert runner.choose_benchmark(None, None) == registry.DEFAULT_BENCHMARK
+    assert Job("m", "scratch").benchmark == registry.DEFAULT_BENCHMARK

@@ -237,7 +237,7 @@ def test_run_id_layout():
 def test_describe_is_one_line_with_the_identity():
     line = Job("gsnet/E", "scratch", train_set="loveda", seed=2, overrides=("a=1",), label="E").describe()
     assert "\n" not in line
-    for part in ("gsnet/E", "E", "scratch", "ovrsiss", "loveda", "2", "a=1"):
+    for part in ("gsnet/E", "E", "scratch", "toyland", "loveda", "2", "a=1"):
         assert part in line
 
 
@@ -257,7 +257,8 @@ def test_job_is_done_counts_distinct_eval_sets_of_this_job_only():
 
 
 def make_experiment() -> Experiment:
-    jobs = [Job("a", "scratch"), Job("b", "scratch", benchmark="toyland"), Job("c", "finetune")]
+    jobs = [Job("a", "scratch", benchmark="ovrsiss"), Job("b", "scratch", benchmark="toyland"),
+            Job("c", "finetune", benchmark="ovrsiss")]
     return Experiment(name="demo", description="", jobs=jobs, source=None)
 
 
@@ -368,3 +369,54 @@ def test_plan_reads_records_as_the_results_store_returns_them(tmp_path):
     plan = plan_sweep(experiment, store.read(), eval_sets_of=lambda benchmark: 2)
     assert plan.done == [a]
     assert [job.method for job in plan.todo] == ["b", "c"]
+
+
+# --------------------------------------------------------------------------- protocols, default benchmark, names
+
+
+def test_protocols_come_from_configs_protocols(tmp_path, monkeypatch):
+    import ovbench.engine.sweep as sweep
+    from ovbench.registry import protocol_names
+
+    assert sweep.PROTOCOLS == tuple(protocol_names()) == ("finetune", "scratch", "zeroshot")
+    (tmp_path / "protocols").mkdir()
+    for name in ("scratch", "distill"):
+        (tmp_path / "protocols" / f"{name}.yaml").write_text("train: true\n")
+    monkeypatch.setenv("OVBENCH_CONFIGS", str(tmp_path))
+    assert Job("m", "distill").protocol == "distill"
+    with pytest.raises(ConfigError, match=r"unknown protocol 'zeroshot'; available: distill, scratch$"):
+        Job("m", "zeroshot")
+    path = write_experiment(tmp_path, "jobs: [{method: m, protocol: distil}]\n")
+    with pytest.raises(ConfigError, match=r"unknown protocol 'distil' \(did you mean 'distill'\?\); available: distill, scratch"):
+        load_experiment(path)
+
+
+def test_jobs_without_a_benchmark_run_the_default_one(tmp_path):
+    from ovbench.registry import DEFAULT_BENCHMARK
+
+    experiment = load_experiment(write_experiment(tmp_path, "jobs: [{method: m, protocol: scratch}]\n"))
+    assert [job.benchmark for job in experiment.jobs] == [DEFAULT_BENCHMARK]
+    # the paper's experiments say which benchmark they mean
+    for path in sorted(EXPERIMENTS.glob("*.yaml")):
+        assert "benchmark: ovrsiss" in path.read_text(), path
+
+
+def test_sweep_finds_shipped_experiments_by_name_from_any_directory(tmp_path):
+    from cli_process import assert_one_error_line, ovbench
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = ovbench(tmp_path / "home", "sweep", "table2", "--dry-run", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep table2: 16 to run, 0 done" in proc.stdout
+    assert "dry run: 5 job(s) would run, 0 already done" in proc.stdout
+    # a path still works, relative to where the command runs
+    (elsewhere / "mine.yaml").write_text("jobs: [{method: clip-dense, protocol: zeroshot, benchmark: toyland}]\n")
+    proc = ovbench(tmp_path / "home", "sweep", "mine.yaml", "--dry-run", cwd=elsewhere)
+    assert proc.returncode == 0, proc.stderr
+    assert "sweep mine: 1 to run, 0 done" in proc.stdout
+    proc = ovbench(tmp_path / "home", "sweep", "tabel2", "--dry-run", cwd=elsewhere)
+    assert_one_error_line(proc, "unknown experiment 'tabel2' (did you mean 'table2'?); available: fig5, table2, table3, table4")
+    proc = ovbench(tmp_path / "home", "sweep", "absent.yaml", "--dry-run", cwd=elsewhere)
+    assert_one_error_line(proc, "experiment file not found: absent.yaml")
+    assert not (tmp_path / "home" / "runs").exists()

@@ -1,8 +1,8 @@
 """The vocabularies under configs/vocab/ match the official lists exactly (count, order, spelling).
 
-The expected lists are literals copied from the reference card (datasets.md §1, §3), which
-quotes the official GSNet json files and registrations; COCO-Stuff's 171 names are those of the
-CAT-Seg / SAN / GSNet COCO-Stuff registrations.
+The expected lists are literals copied from docs/datasets.md#label-encoding and
+docs/datasets.md#evaluation-sets, which quote the official GSNet json files and registrations;
+COCO-Stuff's 171 names are those of the CAT-Seg / SAN / GSNet COCO-Stuff registrations.
 """
 
 from __future__ import annotations

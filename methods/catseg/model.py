@@ -1,7 +1,7 @@
 """CAT-Seg (Cho et al., CVPR 2024), the CLIP-only version that also tunes the text encoder.
 
-Reference: catseg.md; official code cvlab-kaist/CAT-Seg at 6d3a188. Pipeline at full scale
-(ViT-B/16, T classes, batch B):
+Notes: docs/methods/catseg.md; official code cvlab-kaist/CAT-Seg at 6d3a188. Pipeline at full
+scale (ViT-B/16, T classes, batch B):
 
 1. CLIP image path (`ClipImageEncoder.encode_resized`): CLIP mean/std, zero-pad to a multiple
    of 32, bilinear to 384^2, pos-embed bicubic 14^2 -> 24^2, blocks 1-11, the dense last
@@ -19,7 +19,8 @@ Both CLIP towers use split q/k/v attention; only q and v weights train (at 0.01x
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from ovbench_methods.common.errors import MethodConfigError
+from typing import Sequence
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -40,10 +41,11 @@ from ovbench_methods.common.cost_aggregation import (
     scatter_classes,
     select_top_classes,
 )
+from ovbench_methods.catseg.config import CatSegConfig
 from ovbench_methods.common.text import ClassNames, Tokenizer
 
 
-class CatSegConfigError(ValueError):
+class CatSegConfigError(MethodConfigError):
     """Settings that do not describe a valid CAT-Seg model."""
 
 
@@ -60,23 +62,23 @@ class CatSegAggregator(nn.Module):
     def __init__(
         self,
         *,
-        text_guidance_dim: int = 512,
-        text_guidance_proj_dim: int = 128,
-        appearance_guidance_dim: int = 512,
-        appearance_guidance_proj_dim: int = 128,
-        decoder_dims: Sequence[int] = (64, 32),
-        decoder_guidance_dims: Sequence[int] = (256, 128),
-        decoder_guidance_proj_dims: Sequence[int] = (32, 16),
-        num_layers: int = 2,
-        num_heads: int = 4,
-        hidden_dim: int = 128,
-        pooling_sizes: Sequence[int] | None = (2, 2),
-        eval_pooling_sizes: Sequence[int] | None = (1, 1),
-        feature_resolution: Sequence[int] = (24, 24),
-        window_size: int = 12,
-        attention_type: str = "linear",
-        prompt_channel: int = 1,
-        pad_len: int = 256,
+        text_guidance_dim: int,
+        text_guidance_proj_dim: int,
+        appearance_guidance_dim: int,
+        appearance_guidance_proj_dim: int,
+        decoder_dims: Sequence[int],
+        decoder_guidance_dims: Sequence[int],
+        decoder_guidance_proj_dims: Sequence[int],
+        num_layers: int,
+        num_heads: int,
+        hidden_dim: int,
+        pooling_sizes: Sequence[int] | None,
+        eval_pooling_sizes: Sequence[int] | None,
+        feature_resolution: Sequence[int],
+        window_size: int,
+        attention_type: str,
+        prompt_channel: int,
+        pad_len: int,
     ) -> None:
         super().__init__()
         if len(decoder_dims) != 2 or len(decoder_guidance_dims) != 2 or len(decoder_guidance_proj_dims) != 2:
@@ -168,55 +170,43 @@ class CatSegModel(SplitClipCostModel):
         clip: an open_clip CLIP (ViT image tower); converted to split q/k/v in place.
         tokenizer: prompt strings -> token ids.
         templates: prompt templates (P cost channels).
-        image_size: the CLIP input (h, w) every view is stretched to.
-        pad_multiple: zero-padding multiple applied before the stretch (0: none).
-        guidance_blocks: the two block indices whose outputs feed `upsample1` / `upsample2`.
-        last_block: dense last-block mode (`LAST_BLOCK_MODES`).
-        clip_finetune: `CLIP_FINETUNE_MODES` ("attention" = q/v weights of both towers).
-        synonyms: "first" (official) or "average".
-        head: keyword arguments of `CatSegAggregator` besides the guidance widths and
-            resolution, which are derived from CLIP and `image_size`.
+        config: the settings (`CatSegConfig`); the guidance widths and the grid of the head
+            are derived from CLIP and `config.image_size`.
     """
 
-    def __init__(
-        self,
-        clip: nn.Module,
-        tokenizer: Tokenizer,
-        templates: Sequence[str],
-        *,
-        image_size: Sequence[int] = (384, 384),
-        pad_multiple: int = 32,
-        guidance_blocks: Sequence[int] = (3, 7),
-        last_block: str = "catseg",
-        clip_finetune: str = "attention",
-        synonyms: str = "first",
-        **head: Any,
-    ) -> None:
-        super().__init__(
-            clip, tokenizer, templates,
-            last_block=last_block, clip_finetune=clip_finetune, synonyms=synonyms, config_error=CatSegConfigError,
-        )
-        self.image_size = (int(image_size[0]), int(image_size[1]))
+    def __init__(self, clip: nn.Module, tokenizer: Tokenizer, templates: Sequence[str], config: CatSegConfig) -> None:
+        super().__init__(clip, tokenizer, templates, config, config_error=CatSegConfigError)
+        self.image_size = (int(config.image_size[0]), int(config.image_size[1]))
         self.feature_resolution = self.clip_grid(self.image_size)
-        expected = head.pop("feature_resolution", None)
-        if expected is not None and tuple(expected) != self.feature_resolution:
+        if tuple(config.feature_resolution) != self.feature_resolution:
             raise CatSegConfigError(
-                f"feature_resolution {tuple(expected)} does not match image_size {self.image_size} / patch "
-                f"{self.image_encoder.patch_size} = {self.feature_resolution}"
+                f"feature_resolution {list(config.feature_resolution)} does not match image_size {list(self.image_size)} / patch "
+                f"{self.image_encoder.patch_size} = {list(self.feature_resolution)}"
             )
-        self.pad_multiple = int(pad_multiple)
-        self.guidance_blocks = self.check_guidance_blocks(guidance_blocks)
+        self.pad_multiple = int(config.pad_multiple)
+        self.guidance_blocks = self.check_guidance_blocks(config.guidance_blocks)
 
-        decoder_guidance_dims = tuple(head.pop("decoder_guidance_dims", (256, 128)))
+        decoder_guidance_dims = tuple(config.decoder_guidance_dims)
         self.upsample1, self.upsample2 = self.make_clip_upsamplers(decoder_guidance_dims)
         embed_dim = self.image_encoder.output_dim
         self.transformer = CatSegAggregator(
             text_guidance_dim=embed_dim,
+            text_guidance_proj_dim=config.text_guidance_proj_dim,
             appearance_guidance_dim=embed_dim,
+            appearance_guidance_proj_dim=config.appearance_guidance_proj_dim,
+            decoder_dims=tuple(config.decoder_dims),
             decoder_guidance_dims=decoder_guidance_dims,
+            decoder_guidance_proj_dims=tuple(config.decoder_guidance_proj_dims),
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+            hidden_dim=config.hidden_dim,
+            pooling_sizes=config.pooling_sizes,
+            eval_pooling_sizes=config.eval_pooling_sizes,
             feature_resolution=self.feature_resolution,
+            window_size=config.window_size,
+            attention_type=config.attention_type,
             prompt_channel=len(self.templates),
-            **head,
+            pad_len=config.pad_len,
         )
 
     def forward(self, images: Tensor, classes: ClassNames) -> Tensor:
@@ -229,17 +219,9 @@ class CatSegModel(SplitClipCostModel):
         return crop_to_image(logits, features.image_size, features.padded_size)
 
 
-def build_catseg_model(
-    arch: str = "ViT-B-16",
-    clip_weights: str | None = "openai",
-    model_config: Mapping[str, Any] | None = None,
-    quick_gelu: bool | None = True,
-    templates: str | Sequence[str] = "single",
-    trusted: bool = False,
-    **kwargs: Any,
-) -> CatSegModel:
+def build_catseg_model(config: CatSegConfig, templates: str | Sequence[str] | None = None, trusted: bool = False) -> CatSegModel:
     """Create the CLIP model and tokenizer (`create_clip_and_tokenizer`, QuickGELU as OpenAI's
-    CLIP class has it) and build CAT-Seg around them. `templates` is a template-set name or a
-    list of templates."""
-    clip, tokenizer = create_clip_and_tokenizer(arch, clip_weights, model_config, quick_gelu, trusted)
-    return CatSegModel(clip, tokenizer, resolve_template_list(templates), **kwargs)
+    CLIP class has it) and build CAT-Seg around them. `templates` (a template-set name or a
+    list of templates) replaces `config.templates` when a caller has resolved it further."""
+    clip, tokenizer = create_clip_and_tokenizer(config.arch, config.clip_weights, config.model_config, config.quick_gelu, trusted)
+    return CatSegModel(clip, tokenizer, resolve_template_list(config.templates if templates is None else templates), config)

@@ -9,13 +9,14 @@ optionally multiplied by a temperature (which leaves the argmax unchanged).
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ovbench_methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, LAST_BLOCK_MODES, ClipImageEncoder
+from ovbench_methods.clip_dense.config import ClipDenseConfig
+from ovbench_methods.common.clip import CLIP_PIXEL_MEAN, CLIP_PIXEL_STD, ClipImageEncoder
 from ovbench_methods.common.clip_loading import create_clip, create_tokenizer
 from ovbench_methods.common.prompts import get_templates, validate_templates
 from ovbench_methods.common.text import ClassEmbeddingCache, ClassNames, ClipTextEncoder, Tokenizer, encode_class_prompts
@@ -28,8 +29,7 @@ class ClipDenseModel(nn.Module):
         clip: an open_clip CLIP model; its image and text towers are taken over.
         tokenizer: prompt strings -> token ids for `clip`'s text tower.
         templates: prompt templates, each with one ``{}``.
-        last_block: one of `LAST_BLOCK_MODES`.
-        temperature: multiplies the cosine scores.
+        config: the settings read here (`last_block`, `temperature`); None = the defaults.
         pixel_mean, pixel_std: normalisation on the 0..255 scale.
     """
 
@@ -38,22 +38,19 @@ class ClipDenseModel(nn.Module):
         clip: nn.Module,
         tokenizer: Tokenizer,
         templates: Sequence[str],
-        last_block: str = "maskclip",
-        temperature: float = 1.0,
+        config: ClipDenseConfig | None = None,
         pixel_mean: Sequence[float] = CLIP_PIXEL_MEAN,
         pixel_std: Sequence[float] = CLIP_PIXEL_STD,
     ) -> None:
         super().__init__()
-        if last_block not in LAST_BLOCK_MODES:
-            raise ValueError(f"unknown last_block {last_block!r}; expected one of {', '.join(LAST_BLOCK_MODES)}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
+        config = ClipDenseConfig() if config is None else config
+        last_block = config.last_block
         self.image_encoder = ClipImageEncoder(clip.visual, pixel_mean, pixel_std)
         self.text_encoder = ClipTextEncoder(clip)
         self.tokenizer = tokenizer
         self.templates = validate_templates(templates)
         self.last_block = last_block
-        self.temperature = float(temperature)
+        self.temperature = float(config.temperature)
         # Training-free: nothing here is optimised, and a frozen text tower is what makes
         # caching class embeddings per vocabulary valid.
         self.requires_grad_(False)
@@ -97,17 +94,9 @@ def _clear_text_cache_after_load(module: ClipDenseModel, incompatible_keys: Any)
     module.clear_text_cache()
 
 
-def build_clip_dense_model(
-    arch: str = "ViT-B-16",
-    clip_weights: str | None = "openai",
-    model_config: Mapping[str, Any] | None = None,
-    templates: str = "maskclip85",
-    last_block: str = "maskclip",
-    temperature: float = 1.0,
-    trusted: bool = False,
-) -> ClipDenseModel:
+def build_clip_dense_model(config: ClipDenseConfig, trusted: bool = False) -> ClipDenseModel:
     """Create the CLIP model (see `create_clip`) and wrap it as a `ClipDenseModel`."""
-    template_list = get_templates(templates)
-    clip = create_clip(arch, clip_weights, model_config, trusted=trusted)
-    tokenizer = create_tokenizer(arch, clip, model_config)
-    return ClipDenseModel(clip, tokenizer, template_list, last_block=last_block, temperature=temperature)
+    template_list = get_templates(config.templates)
+    clip = create_clip(config.arch, config.clip_weights, config.model_config, trusted=trusted)
+    tokenizer = create_tokenizer(config.arch, clip, config.model_config)
+    return ClipDenseModel(clip, tokenizer, template_list, config)

@@ -20,9 +20,10 @@ Block indices are 0-based: block ``i`` is ``visual.transformer.resblocks[i]`` an
 
 from __future__ import annotations
 
+from ovbench_methods.common.errors import MethodConfigError
 import math
 from dataclasses import dataclass, field
-from typing import Collection, Sequence
+from typing import Collection, get_args, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -41,10 +42,11 @@ IMAGENET_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 #:   the block input's CLS token broadcast to every position.
 #: - "value": out_proj(v(ln_1 x)) alone — no residual, no FFN.
 #: - "attention": the ordinary block (plain CLIP patch tokens; a baseline).
-LAST_BLOCK_MODES: tuple[str, ...] = ("maskclip", "catseg", "value", "attention")
+LastBlockMode = Literal["maskclip", "catseg", "value", "attention"]
+LAST_BLOCK_MODES: tuple[str, ...] = get_args(LastBlockMode)
 
 
-class DenseClipError(ValueError):
+class DenseClipError(MethodConfigError):
     """The image tower cannot be run densely, or a dense call got bad arguments."""
 
 

@@ -15,26 +15,119 @@ Subclasses own their heads and state-dict names; the names defined here (``image
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
 
 import open_clip
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ovbench_methods.common.clip import LAST_BLOCK_MODES, ClipImageEncoder, DenseImageFeatures
+from ovbench_methods.common.clip import ClipImageEncoder, DenseImageFeatures, LastBlockMode
 from ovbench_methods.common.clip_loading import create_clip, create_tokenizer, looks_like_file
-from ovbench_methods.common.clip_qkv import CLIP_FINETUNE_MODES, attach_zero_grad, set_clip_finetuning, split_qkv_attention
-from ovbench_methods.common.cost_aggregation import per_pixel_bce_loss
+from ovbench_methods.common.clip_qkv import ClipFinetuneMode, attach_zero_grad, set_clip_finetuning, split_qkv_attention
+from ovbench_methods.common.cost_aggregation import AttentionType, per_pixel_bce_loss
+from ovbench_methods.common.errors import MethodConfigError
 from ovbench_methods.common.prompts import get_templates, validate_templates
-from ovbench_methods.common.text import SYNONYM_MODES, ClassNames, ClipTextEncoder, TemplateClassEncoder, Tokenizer
+from ovbench_methods.common.text import ClassNames, ClipTextEncoder, SynonymMode, TemplateClassEncoder, Tokenizer
 
 __all__ = [
+    "ClipCostVolumeConfig",
     "SplitClipCostModel",
     "create_clip_and_tokenizer",
     "crop_to_image",
     "resolve_template_list",
     "set_mlp_activation",
 ]
+
+
+Pair = tuple[int, int]
+
+
+@dataclass
+class ClipCostVolumeConfig:
+    """Settings CAT-Seg and GSNet share: a split-q/k/v CLIP and a cost-aggregation head.
+
+    The defaults are the published ViT-B/16 setting (configs/vitb_384.yaml of both official
+    codes); this class is the only place they are written. Subclasses add their own fields.
+    Field types are checked by whoever builds the config from a file (ovbench's loader checks
+    every annotation, `Literal` choices included); `__post_init__` checks ranges and the
+    relations between fields.
+    """
+
+    #: open_clip model name of the CLIP (OpenAI ViT-B/16; RemoteCLIP rows ViT-B-32).
+    arch: str = "ViT-B-16"
+    #: an open_clip pretrained tag, a path to an OpenAI `.pt` / open_clip checkpoint, or None = random init.
+    clip_weights: str | None = "openai"
+    #: explicit open_clip config {embed_dim, vision_cfg, text_cfg, quick_gelu} (tiny models); overrides arch.
+    model_config: dict[str, Any] | None = None
+    #: force QuickGELU for a named arch without a pretrained tag (OpenAI CLIP uses it); None = arch default.
+    quick_gelu: bool | None = True
+    #: CLIP input (h, w): every view is zero-padded, then stretched to it (ViT-B 384, ViT-L 336).
+    image_size: Pair = (384, 384)
+    #: zero-padding multiple before the stretch (detectron2 MASK_FORMER.SIZE_DIVISIBILITY 32).
+    pad_multiple: int = 32
+    #: cost-volume grid (FEATURE_RESOLUTION) = image_size / patch; checked against the model.
+    feature_resolution: Pair = (24, 24)
+    #: 0-based CLIP blocks whose outputs feed upsample1 / upsample2 (ViT-B [3, 7], ViT-L [7, 15]).
+    guidance_blocks: tuple[int, int] = (3, 7)
+    #: dense last block: "catseg" = v-only, out_proj, + block-input CLS, + MLP (official).
+    last_block: LastBlockMode = "catseg"
+    #: which CLIP weights train: "attention" = q/v of both towers (official), "full", "frozen".
+    clip_finetune: ClipFinetuneMode = "attention"
+    #: learning-rate multiplier of the trainable CLIP weights (SOLVER.CLIP_MULTIPLIER): 2e-4 x 0.01.
+    clip_multiplier: float = 0.01
+    #: a template-set name or a list of templates; P = their number.
+    templates: str | list[str] = "single"
+    #: "first" synonym only (official) or "average" the embeddings of all synonyms.
+    synonyms: SynonymMode = "first"
+    hidden_dim: int = 128
+    num_heads: int = 4
+    num_layers: int = 2
+    #: Swin window (shift = window // 2).
+    window_size: int = 12
+    #: class-attention average pooling in training; eval_pooling_sizes in evaluation (eval.sh: [1, 1]).
+    pooling_sizes: Pair | None = (2, 2)
+    eval_pooling_sizes: Pair | None = (1, 1)
+    #: class attention: "linear" (official) or "full".
+    attention_type: AttentionType = "linear"
+    #: pad the class axis to this many learned tokens when shorter (CAT-Seg also keeps only the
+    #: top pad_len classes when longer); 0 disables.
+    pad_len: int = 256
+    text_guidance_proj_dim: int = 128
+    appearance_guidance_proj_dim: int = 128
+    decoder_dims: Pair = (64, 32)
+    #: widths of the raw decoder guidance (upsample1 / upsample2 outputs).
+    decoder_guidance_dims: Pair = (256, 128)
+    #: leave ignored pixels out of the BCE (official: they count as all-negative targets).
+    mask_ignored: bool = False
+
+    #: fields that must be at least 1 (the others that hold integers may be 0); subclasses extend.
+    positive_fields: ClassVar[tuple[str, ...]] = (
+        "image_size", "feature_resolution", "hidden_dim", "num_heads", "num_layers", "window_size",
+        "pooling_sizes", "eval_pooling_sizes", "text_guidance_proj_dim", "appearance_guidance_proj_dim",
+        "decoder_dims", "decoder_guidance_dims",
+    )
+
+    def __post_init__(self) -> None:
+        for name in self.positive_fields:
+            value = getattr(self, name)
+            values = value if isinstance(value, (tuple, list)) else () if value is None else (value,)
+            if any(isinstance(v, int) and v < 1 for v in values):
+                raise MethodConfigError(f"{name} must be positive, got {_plain(value)}")
+        for name in ("pad_multiple", "pad_len", "guidance_blocks"):
+            value = getattr(self, name)
+            if any(isinstance(v, int) and v < 0 for v in (value if isinstance(value, (tuple, list)) else (value,))):
+                raise MethodConfigError(f"{name} must not be negative, got {_plain(value)}")
+        if self.clip_multiplier < 0:
+            raise MethodConfigError(f"clip_multiplier must not be negative, got {self.clip_multiplier}")
+        if isinstance(self.clip_weights, str) and not self.clip_weights.strip():
+            raise MethodConfigError("clip_weights must be a tag, a file path or null, got an empty string")
+        if self.hidden_dim % self.num_heads:
+            raise MethodConfigError(f"hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 def set_mlp_activation(clip: nn.Module, activation: type[nn.Module]) -> int:
@@ -99,9 +192,8 @@ class SplitClipCostModel(nn.Module):
         clip: an open_clip CLIP (ViT image tower); converted to split q/k/v in place.
         tokenizer: prompt strings -> token ids.
         templates: prompt templates (P cost channels).
-        last_block: dense last-block mode (`LAST_BLOCK_MODES`, "catseg" official).
-        clip_finetune: `CLIP_FINETUNE_MODES` ("attention" = q/v weights of both towers).
-        synonyms: "first" (official) or "average".
+        config: the method's settings; this base reads `last_block`, `clip_finetune` and
+            `synonyms` (and keeps the whole config as ``self.config``).
         config_error: the exception class a subclass reports bad settings with.
     """
 
@@ -110,28 +202,19 @@ class SplitClipCostModel(nn.Module):
         clip: nn.Module,
         tokenizer: Tokenizer,
         templates: Sequence[str],
-        *,
-        last_block: str,
-        clip_finetune: str,
-        synonyms: str,
-        config_error: type[Exception] = ValueError,
+        config: ClipCostVolumeConfig,
+        config_error: type[Exception] = MethodConfigError,
     ) -> None:
         super().__init__()
+        self.config = config
         self._config_error = config_error
-        for what, value, allowed in (
-            ("last_block", last_block, LAST_BLOCK_MODES),
-            ("clip_finetune", clip_finetune, CLIP_FINETUNE_MODES),
-            ("synonyms mode", synonyms, SYNONYM_MODES),
-        ):
-            if value not in allowed:
-                raise config_error(f"unknown {what} {value!r}; expected one of {', '.join(allowed)}")
         split_qkv_attention(clip)
-        set_clip_finetuning(clip, clip_finetune)
+        set_clip_finetuning(clip, config.clip_finetune)
         self.image_encoder = ClipImageEncoder(clip.visual)
         self.text_encoder = ClipTextEncoder(clip)
         self.templates = validate_templates(templates)
-        self.class_encoder = TemplateClassEncoder(tokenizer, self.templates, synonyms)
-        self.last_block = last_block
+        self.class_encoder = TemplateClassEncoder(tokenizer, self.templates, config.synonyms)
+        self.last_block = config.last_block
         self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
 
     # ------------------------------------------------------------ construction

@@ -24,6 +24,7 @@ weights cannot be fetched (offline). The harness adapters translate them.
 
 from __future__ import annotations
 
+from ovbench_methods.common.errors import MethodConfigError, WeightsError
 import logging
 
 import copy
@@ -45,11 +46,11 @@ OPENAI_METADATA_KEYS: tuple[str, ...] = ("input_resolution", "context_length", "
 _CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".pkl")
 
 
-class ClipConfigError(ValueError):
+class ClipConfigError(MethodConfigError):
     """An unknown architecture or tag, or an invalid explicit model config."""
 
 
-class ClipLoadingError(RuntimeError):
+class ClipLoadingError(WeightsError):
     """A CLIP checkpoint is missing, unreadable, or does not fit the model."""
 
 

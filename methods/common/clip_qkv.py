@@ -1,8 +1,8 @@
 """CLIP attention with separate q/k/v projection weights, for q/v-only fine-tuning.
 
 CAT-Seg and GSNet fine-tune only the query and value projections of every attention layer
-of both CLIP towers (common-blocks.md section 2). OpenAI and open_clip store the three
-projections packed in one ``in_proj_weight``; masking the gradient of its key rows is not
+of both CLIP towers (docs/methods/catseg.md#selective-fine-tuning). OpenAI and open_clip
+store the three projections packed in one ``in_proj_weight``; masking the gradient of its key rows is not
 enough, because AdamW's decoupled weight decay would still shrink them. The projections are
 therefore split into three Parameters, so the key weight can be frozen outright.
 
@@ -19,7 +19,8 @@ authors' checkpoints load by name. The math is `nn.MultiheadAttention`'s, comput
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from ovbench_methods.common.errors import MethodConfigError
+from typing import Any, get_args, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -29,13 +30,14 @@ from torch import Tensor, nn
 #: - "attention": q and v projection weights of every block of both towers;
 #: - "full": every parameter of both towers' transformer blocks;
 #: - "frozen": nothing.
-CLIP_FINETUNE_MODES: tuple[str, ...] = ("attention", "full", "frozen")
+ClipFinetuneMode = Literal["attention", "full", "frozen"]
+CLIP_FINETUNE_MODES: tuple[str, ...] = get_args(ClipFinetuneMode)
 
 PACKED_WEIGHT = "in_proj_weight"
 SPLIT_WEIGHTS: tuple[str, str, str] = ("q_proj_weight", "k_proj_weight", "v_proj_weight")
 
 
-class SplitQKVError(ValueError):
+class SplitQKVError(MethodConfigError):
     """An attention layer or state dict that cannot be converted to (or from) split q/k/v."""
 
 

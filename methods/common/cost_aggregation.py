@@ -1,8 +1,11 @@
 """Cost-volume aggregation blocks shared by CAT-Seg, GSNet (and, in part, SED).
 
-common-blocks.md sections 4-7. Shapes use B images, T classes, P prompt templates, C channels
-and an h x w feature grid; a cost embedding is (B, C, T, h, w) throughout, so a block can be
-stacked after any producer of such a volume (CAT-Seg's single cost, GSNet's fused one).
+Notes: docs/methods/catseg.md#cost-volume-and-embedding,
+docs/methods/catseg.md#spatial-aggregation, docs/methods/catseg.md#class-aggregation,
+docs/methods/catseg.md#upsampling-decoder and docs/methods/catseg.md#loss.
+
+Shapes use B images, T classes, P prompt templates, C channels and an h x w feature grid; a
+cost embedding is (B, C, T, h, w) throughout, so a block can be stacked after any producer of such a volume (CAT-Seg's single cost, GSNet's fused one).
 
 - `cosine_cost_volume`, `embed_cost_volume`: the raw cosine volume and its 7x7 per-class embedding.
 - `select_top_classes`, `gather_classes`, `scatter_classes`: CAT-Seg's top-k class pruning.
@@ -19,7 +22,8 @@ model.py`), so the authors' checkpoints load by name.
 
 from __future__ import annotations
 
-from typing import Sequence
+from ovbench_methods.common.errors import MethodConfigError
+from typing import get_args, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,10 +34,11 @@ from torch import Tensor, nn
 #: (official Swin value, not -inf) and the logit of classes pruned away.
 MASKED_LOGIT = -100.0
 
-ATTENTION_TYPES: tuple[str, ...] = ("linear", "full")
+AttentionType = Literal["linear", "full"]
+ATTENTION_TYPES: tuple[str, ...] = get_args(AttentionType)
 
 
-class CostAggregationError(ValueError):
+class CostAggregationError(MethodConfigError):
     """Bad shapes or settings for a cost-aggregation block."""
 
 
@@ -497,7 +502,7 @@ class Up(nn.Module):
 def per_pixel_bce_loss(
     logits: Tensor, targets: Tensor, ignore_index: int = 255, mask_ignored: bool = False
 ) -> Tensor:
-    """Per-pixel BCE against one-hot targets (common-blocks.md section 7).
+    """Per-pixel BCE against one-hot targets (docs/methods/catseg.md#loss).
 
     logits (B, T, h, w) are upsampled bilinearly to the targets' (H, W). Pixels equal to
     `ignore_index`, negative or >= T are ignored: by default (official) they get all-zero

@@ -2,17 +2,18 @@
 
 GSNet's specialist remote-sensing backbone (RSIB) is a DINO ViT-B/8 that stays frozen and
 whose every block output, passed through the final LayerNorm, is read as a patch map
-(gsnet.md §1 row 4). `DinoVisionTransformer` is timm's `VisionTransformer` with DINO's
-layout (qkv bias, LayerNorm eps 1e-6, GELU MLP x4, CLS token, learned pos-embed for a 224²
-pretraining input) plus what GSNet needs on top:
+(docs/methods/gsnet.md#rsib-stream). `DinoVisionTransformer` is timm's `VisionTransformer`
+with DINO's layout (qkv bias, LayerNorm eps 1e-6, GELU MLP x4, CLS token, learned pos-embed
+for a 224² pretraining input) plus what GSNet needs on top:
 
 - pixel normalisation on the 0..255 scale. GSNet feeds the RSIB the *CLIP*-normalised image
-  (quirk #1), so "clip" is the default; "imagenet" is DINO's own statistics;
+  (docs/methods/gsnet.md#rsib-sees-clip-normalised-input), so "clip" is the default;
+  "imagenet" is DINO's own statistics;
 - the positional embedding resized inside `forward`, CLS row kept (`POS_EMBED_RESIZE_MODES`).
   GSNet hard-codes the bicubic scale factor 1.717857142857143 (= 48.1 / 28, DINO's "+0.1"
   trick for a 48² grid frozen into a constant): that is only defined for a 384² input at
   patch 8, and because the factor, not the size, reaches `F.interpolate`, the sampling grid
-  differs from a resize to exactly 48² (quirk #5);
+  differs from a resize to exactly 48² (docs/methods/gsnet.md#rsib-pos-embed-scale-constant);
 - `forward(images, blocks)`: the chosen blocks' tokens after the final norm, the way DINO's
   `get_intermediate_layers` returns them, as (B, C, h, w) maps plus the CLS rows;
 - the DINO_FINETUNE policies of the official code: "freeze" (default; requires_grad off and
@@ -32,11 +33,12 @@ does not fit). The adapters translate them into `ovbench.errors`.
 
 from __future__ import annotations
 
+from ovbench_methods.common.errors import MethodConfigError, WeightsError
 import math
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, get_args, Iterable, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -77,11 +79,13 @@ CLIP_PIXEL_STD: tuple[float, float, float] = (68.501, 66.632, 70.323)
 IMAGENET_PIXEL_MEAN: tuple[float, float, float] = (123.675, 116.28, 103.53)
 IMAGENET_PIXEL_STD: tuple[float, float, float] = (58.395, 57.12, 57.375)
 
-#: Input normalisations: "clip" = what GSNet feeds its RSIB (quirk #1), "imagenet" = DINO's own.
+#: Input normalisations: "clip" = what GSNet feeds its RSIB, "imagenet" = DINO's own
+#: (docs/methods/gsnet.md#rsib-sees-clip-normalised-input).
 INPUT_NORMS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
     "clip": (CLIP_PIXEL_MEAN, CLIP_PIXEL_STD),
     "imagenet": (IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD),
 }
+DinoInputNorm = Literal["clip", "imagenet"]
 
 #: GSNet's hard-coded bicubic scale factor for the RSIB pos-embed (28² -> 48²).
 OFFICIAL_POS_EMBED_SCALE: float = 1.717857142857143
@@ -92,10 +96,12 @@ OFFICIAL_POS_EMBED_SCALE: float = 1.717857142857143
 #: - "dino": DINO's own code — bicubic with scale factor (grid + 0.1) / side per axis, the rule
 #:   GSNet's constant was taken from (identical to "official" at 48², defined for any grid);
 #: - "exact": bicubic to exactly the target grid (`size=`), the cleaner option.
-POS_EMBED_RESIZE_MODES: tuple[str, ...] = ("official", "dino", "exact")
+PosEmbedResizeMode = Literal["official", "dino", "exact"]
+POS_EMBED_RESIZE_MODES: tuple[str, ...] = get_args(PosEmbedResizeMode)
 
 #: The official DINO_FINETUNE policies; GSNet uses "freeze".
-FINETUNE_MODES: tuple[str, ...] = ("freeze", "attention", "full")
+DinoFinetuneMode = Literal["freeze", "attention", "full"]
+FINETUNE_MODES: tuple[str, ...] = get_args(DinoFinetuneMode)
 
 #: How `load_dino_state_dict` checks checkpoint keys against the model:
 #: - "official": GSNet's strict=False — load what matches, report the rest, never fail on names;
@@ -103,18 +109,19 @@ FINETUNE_MODES: tuple[str, ...] = ("freeze", "attention", "full")
 #:   `head.*` in teacher dicts) are ignored. The default: it loads exactly what "official" loads
 #:   whenever the official load was complete, and refuses the files it would half-load silently;
 #: - "strict": fail on missing and on unexpected keys.
-KEY_CHECKS: tuple[str, ...] = ("official", "missing", "strict")
+KeyCheck = Literal["official", "missing", "strict"]
+KEY_CHECKS: tuple[str, ...] = get_args(KeyCheck)
 
 
-class DinoConfigError(ValueError):
+class DinoConfigError(MethodConfigError):
     """An unknown DINO architecture or option."""
 
 
-class DinoInputError(ValueError):
+class DinoInputError(MethodConfigError):
     """Images or block indices the DINO stream cannot take."""
 
 
-class DinoCheckpointError(RuntimeError):
+class DinoCheckpointError(WeightsError):
     """A DINO/RSIB checkpoint is missing, unreadable, or does not fit the model."""
 
 
@@ -252,7 +259,8 @@ class DinoVisionTransformer(VisionTransformer):
 
     Args:
         arch: a `DINO_VARIANTS` name, a `DinoArch`, or a mapping of its fields.
-        input_norm: key of `INPUT_NORMS` ("clip" = GSNet's quirk #1, the default).
+        input_norm: key of `INPUT_NORMS` ("clip", the default, is GSNet's official input;
+            docs/methods/gsnet.md#rsib-sees-clip-normalised-input).
         pos_embed_resize: one of `POS_EMBED_RESIZE_MODES` ("official" by default).
         finetune: one of `FINETUNE_MODES` ("freeze" by default).
     """

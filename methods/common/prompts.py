@@ -14,6 +14,7 @@ Sets:
 from __future__ import annotations
 
 from types import MappingProxyType
+from ovbench_methods.common.errors import MethodConfigError
 from typing import Mapping
 
 SINGLE_TEMPLATES: tuple[str, ...] = ("A photo of a {} in the scene",)
@@ -138,7 +139,7 @@ TEMPLATE_SETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 
-class UnknownTemplateSetError(ValueError):
+class UnknownTemplateSetError(MethodConfigError):
     """A prompt-template set name that `TEMPLATE_SETS` does not define."""
 
 

@@ -8,7 +8,7 @@ average, L2-normalise again. Synonyms therefore count exactly like extra templat
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable, Hashable, Sequence
+from typing import Callable, get_args, Hashable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -234,7 +234,8 @@ class ClassEmbeddingCache:
 #: How a class with synonyms ("a, b") becomes prompts when the text tower is fine-tuned:
 #: - "first": only its first name (CAT-Seg / GSNet official);
 #: - "average": every name, embeddings averaged within each template, then L2-normalised.
-SYNONYM_MODES: tuple[str, ...] = ("first", "average")
+SynonymMode = Literal["first", "average"]
+SYNONYM_MODES: tuple[str, ...] = get_args(SynonymMode)
 
 
 def template_prompts(

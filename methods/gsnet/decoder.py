@@ -1,4 +1,6 @@
-"""GSNet's Residual Information Preservation Decoder (RIPD; paper eqs. 4-6, gsnet.md §1 rows 10-12).
+"""GSNet's Residual Information Preservation Decoder (RIPD; paper eqs. 4-6).
+
+Notes: docs/methods/gsnet.md#ripd-decoder.
 
 The aggregated cost embedding (B, 128, T, 24, 24) is upsampled twice; at each stage the
 deconvolved class slice is concatenated with projected intermediate features of both image
@@ -31,6 +33,7 @@ Parameter names are the official ones; in a GSNet state dict they sit under
 
 from __future__ import annotations
 
+from ovbench_methods.common.errors import MethodConfigError
 from typing import Sequence
 
 import torch
@@ -43,7 +46,7 @@ __all__ = ["DecoderInputError", "DoubleConv", "FusionUp", "RipdDecoder"]
 TRANSFORMER_PREFIX = "sem_seg_head.predictor.transformer."
 
 
-class DecoderInputError(ValueError):
+class DecoderInputError(MethodConfigError):
     """A decoder input or guidance map of the wrong shape, or a bad decoder setting."""
 
 

@@ -1,8 +1,8 @@
 """GSNet's cost-volume fusion (QGFF) and the RSIB projections that feed it.
 
-Query-Guided Feature Fusion (paper eqs. 1-3, gsnet.md §1 row 8): the CLIP map E^G and the
-RSIB map E^S are each compared with the text queries by cosine similarity, giving two cost
-volumes M^G, M^S of shape (B, P, T, H, W). Per class (the class axis is batched as B·T):
+Query-Guided Feature Fusion (paper eqs. 1-3, docs/methods/gsnet.md#qgff): the CLIP map E^G
+and the RSIB map E^S are each compared with the text queries by cosine similarity, giving two
+cost volumes M^G, M^S of shape (B, P, T, H, W). Per class (the class axis is batched as B·T):
 
     Z^G = σ(conv1(M^G)),  Z^S = σ(conv2(M^S)),  Z^F = σ(fusion_corr([Z^G; Z^S])) + Z^G
 
@@ -34,7 +34,8 @@ under ``sem_seg_head.predictor.transformer.`` and the RSIB projections at the to
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from ovbench_methods.common.errors import MethodConfigError
+from typing import get_args, Literal, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -54,13 +55,14 @@ __all__ = [
 ]
 
 #: Fusion designs, by the official FUSION_TYPE names plus the single-stream paths.
-FUSION_TYPES: tuple[str, ...] = ("query_guided", "simple_concatenation", "fusion_query", "clip_only", "rsib_only")
+FusionType = Literal["query_guided", "simple_concatenation", "fusion_query", "clip_only", "rsib_only"]
+FUSION_TYPES: tuple[str, ...] = get_args(FusionType)
 
 #: Where GSNet's predictor keeps the fusion layers in its state dict.
 TRANSFORMER_PREFIX = "sem_seg_head.predictor.transformer."
 
 
-class FusionInputError(ValueError):
+class FusionInputError(MethodConfigError):
     """Feature maps or text embeddings a fusion module cannot take."""
 
 
@@ -231,7 +233,7 @@ def build_cost_fusion(
 
 
 class RsibProjections(nn.Module):
-    """GSNet's projections of DINO block outputs (gsnet.md §1 row 5).
+    """GSNet's projections of DINO block outputs (docs/methods/gsnet.md#rsib-projections).
 
     - `dino_down_sample` Conv(C→512, k2, s2) on block 12: the map the RSIB cost volume uses;
     - `dino_decod_proj1` Conv1×1(C→256) on block 4 and `dino_decod_proj2` ConvT(C→128, k2, s2)

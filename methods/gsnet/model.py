@@ -1,6 +1,6 @@
 """GSNet (Ye, Zhuge, Zhang; AAAI 2025): the whole model, assembled from its parts.
 
-Reference: gsnet.md; official code yecy749/GSNet at aca7224 (`gs_net/GSNet.py`,
+Notes: docs/methods/gsnet.md; official code yecy749/GSNet at aca7224 (`gs_net/GSNet.py`,
 `GSNetPredictor.py`, `RIPD.py`). Pipeline at full scale (T classes, batch B):
 
 1. One canvas for both image streams: CLIP-normalised pixels, zero-padded to a multiple of 32
@@ -9,7 +9,8 @@ Reference: gsnet.md; official code yecy749/GSNet at aca7224 (`gs_net/GSNet.py`,
    block → (B, 512, 24, 24); blocks 4 and 8 → `upsample1` ConvT(768→256, k2 s2) and
    `upsample2` ConvT(768→128, k4 s4), the CLIP decoder guidance.
 3. Specialist stream (RSIB): frozen DINO ViT-B/8 at 384² on the *same CLIP-normalised* canvas
-   (official quirk #1; `dino_input_norm="imagenet"` is the clean option), every block read
+   (docs/methods/gsnet.md#rsib-sees-clip-normalised-input; `dino_input_norm="imagenet"` is
+   the clean option), every block read
    after the final LayerNorm; `RsibProjections`: block 12 → `dino_down_sample` (B, 512, 24²),
    blocks 4 and 8 → `dino_decod_proj1/2`, the RSIB decoder guidance.
 4. Text: "A photo of a {} in the scene", first synonym, encoded with gradients each training
@@ -31,7 +32,8 @@ Errors are `GsNetConfigError` (ValueError) with one line; the adapter translates
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from ovbench_methods.common.errors import MethodConfigError
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +50,8 @@ from ovbench_methods.common.cost_aggregation import AggregatorLayer
 from ovbench_methods.common.dino import DinoVisionTransformer, build_dino, resize_pos_embed
 from ovbench_methods.common.text import ClassNames, Tokenizer
 from ovbench_methods.gsnet.decoder import RipdDecoder
-from ovbench_methods.gsnet.fusion import FUSION_TYPES, CostFusion, RsibProjections, build_cost_fusion
+from ovbench_methods.gsnet.config import TWO_STREAM_FUSIONS, GsNetConfig
+from ovbench_methods.gsnet.fusion import CostFusion, RsibProjections, build_cost_fusion
 
 __all__ = [
     "TWO_STREAM_FUSIONS",
@@ -58,11 +61,7 @@ __all__ = [
     "build_gsnet_model",
 ]
 
-#: Fusion designs that need both image streams (QGFF and the Table 3 rows E, F).
-TWO_STREAM_FUSIONS: tuple[str, ...] = ("query_guided", "simple_concatenation", "fusion_query")
-
-
-class GsNetConfigError(ValueError):
+class GsNetConfigError(MethodConfigError):
     """Settings that do not describe a valid GSNet model."""
 
 
@@ -87,63 +86,46 @@ class GsNetAggregator(nn.Module):
 
     def __init__(
         self,
+        config: GsNetConfig,
         *,
-        fusion_type: str = "query_guided",
-        feat_dim: int = 512,
-        prompt_channels: int = 1,
-        hidden_dim: int = 128,
-        text_guidance_proj_dim: int = 128,
-        appearance_guidance_proj_dim: int = 128,
-        num_layers: int = 2,
-        num_heads: int = 4,
-        feature_resolution: Sequence[int] = (24, 24),
-        window_size: int = 12,
-        pooling_sizes: Sequence[int] | None = (2, 2),
-        eval_pooling_sizes: Sequence[int] | None = (1, 1),
-        attention_type: str = "linear",
-        pad_len: int = 256,
-        decoder_dims: Sequence[int] = (64, 32),
-        decoder_guidance_dims: Sequence[int] = (256, 128),
-        decoder_clip_guidance_proj_dims: Sequence[int] = (32, 16),
-        decoder_rsib_guidance_proj_dims: Sequence[int] = (32, 16),
-        clip_decoder_guidance: bool = True,
-        rsib_decoder_guidance: bool = True,
+        feat_dim: int,
+        prompt_channels: int,
+        feature_resolution: tuple[int, int],
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise GsNetConfigError(f"num_layers must be at least 1, got {num_layers}")
+        hidden_dim = config.hidden_dim
         self.fusion: CostFusion = build_cost_fusion(
-            fusion_type, feat_dim=feat_dim, hidden_dim=hidden_dim, prompt_channels=prompt_channels
+            config.fusion_type, feat_dim=feat_dim, hidden_dim=hidden_dim, prompt_channels=prompt_channels
         )
         # APPEARANCE_GUIDANCE_DIM / TEXT_GUIDANCE_DIM are the CLIP embedding width (512): the
         # appearance map is the CLIP (or RSIB, row C) map the cost volume is computed from.
         self.guidance_projection = nn.Sequential(
-            nn.Conv2d(feat_dim, appearance_guidance_proj_dim, kernel_size=3, stride=1, padding=1), nn.ReLU()
+            nn.Conv2d(feat_dim, config.appearance_guidance_proj_dim, kernel_size=3, stride=1, padding=1), nn.ReLU()
         )
-        self.text_guidance_projection = nn.Sequential(nn.Linear(feat_dim, text_guidance_proj_dim), nn.ReLU())
+        self.text_guidance_projection = nn.Sequential(nn.Linear(feat_dim, config.text_guidance_proj_dim), nn.ReLU())
         self.layers = nn.ModuleList(
             AggregatorLayer(
                 hidden_dim=hidden_dim,
-                text_guidance_dim=text_guidance_proj_dim,
-                appearance_guidance_dim=appearance_guidance_proj_dim,
-                num_heads=num_heads,
-                resolution=_pair(feature_resolution, "feature_resolution"),
-                window_size=window_size,
-                pooling_size=pooling_sizes,
-                eval_pooling_size=eval_pooling_sizes,
-                attention_type=attention_type,
-                pad_len=pad_len,
+                text_guidance_dim=config.text_guidance_proj_dim,
+                appearance_guidance_dim=config.appearance_guidance_proj_dim,
+                num_heads=config.num_heads,
+                resolution=feature_resolution,
+                window_size=config.window_size,
+                pooling_size=config.pooling_sizes,
+                eval_pooling_size=config.eval_pooling_sizes,
+                attention_type=config.attention_type,
+                pad_len=config.pad_len,
             )
-            for _ in range(num_layers)
+            for _ in range(config.num_layers)
         )
         self.decoder = RipdDecoder(
             hidden_dim=hidden_dim,
-            decoder_dims=tuple(decoder_dims),
-            decoder_guidance_dims=tuple(decoder_guidance_dims),
-            decoder_clip_guidance_proj_dims=tuple(decoder_clip_guidance_proj_dims),
-            decoder_dino_guidance_proj_dims=tuple(decoder_rsib_guidance_proj_dims),
-            use_clip_guidance=clip_decoder_guidance,
-            use_dino_guidance=rsib_decoder_guidance,
+            decoder_dims=tuple(config.decoder_dims),
+            decoder_guidance_dims=tuple(config.decoder_guidance_dims),
+            decoder_clip_guidance_proj_dims=tuple(config.decoder_clip_guidance_proj_dims),
+            decoder_dino_guidance_proj_dims=tuple(config.decoder_rsib_guidance_proj_dims),
+            use_clip_guidance=config.clip_decoder_guidance,
+            use_dino_guidance=config.rsib_decoder_guidance,
         )
 
     @property
@@ -177,22 +159,13 @@ class GsNetModel(SplitClipCostModel):
 
     Args:
         clip: an open_clip CLIP (ViT image tower); converted to split q/k/v in place. Its text
-            tower always serves the queries; its image tower only with `use_clip`.
+            tower always serves the queries; its image tower only with `config.use_clip`.
         tokenizer: prompt strings -> token ids.
         templates: prompt templates (P cost channels).
-        dino: the RSIB (`DinoVisionTransformer`), or None for the CLIP-only rows A and B.
-        use_clip: run the CLIP image stream (USE_CLIP_CORR; False = row C).
-        image_size: CLIP input (h, w); dino_image_size: RSIB input (h, w) (both 384 official;
-            RemoteCLIP ViT-B/32 runs CLIP at 768 to keep the 24² grid).
-        pad_multiple: zero-padding multiple of the shared canvas (MASK_FORMER.SIZE_DIVISIBILITY 32).
-        guidance_blocks: CLIP blocks feeding `upsample1` / `upsample2` (0-based).
-        last_block: dense last-block mode of CLIP (`LAST_BLOCK_MODES`, "catseg" official).
-        clip_finetune: `CLIP_FINETUNE_MODES` ("attention" = q/v of both towers).
-        synonyms: "first" (official) or "average".
-        fusion_type: a `FUSION_TYPES` name; must fit the streams present.
-        clip_decoder_guidance, rsib_decoder_guidance: which streams RIPD integrates.
-        decoder_guidance_dims: widths of the raw decoder guidance maps of both streams (256, 128).
-        head: keyword arguments of `GsNetAggregator` (hidden sizes, layers, pooling, ...).
+        dino: the RSIB (`DinoVisionTransformer`), or None for the CLIP-only rows A and B;
+            present exactly when `config.use_rsib`.
+        config: the settings (`GsNetConfig`); its stream, fusion and guidance fields already
+            fit together (the config checks that itself).
     """
 
     def __init__(
@@ -201,40 +174,21 @@ class GsNetModel(SplitClipCostModel):
         tokenizer: Tokenizer,
         templates: Sequence[str],
         dino: DinoVisionTransformer | None,
-        *,
-        use_clip: bool = True,
-        image_size: Sequence[int] = (384, 384),
-        dino_image_size: Sequence[int] = (384, 384),
-        pad_multiple: int = 32,
-        guidance_blocks: Sequence[int] = (3, 7),
-        last_block: str = "catseg",
-        clip_finetune: str = "attention",
-        synonyms: str = "first",
-        fusion_type: str = "query_guided",
-        clip_decoder_guidance: bool = True,
-        rsib_decoder_guidance: bool = True,
-        decoder_guidance_dims: Sequence[int] = (256, 128),
-        **head: Any,
+        config: GsNetConfig,
     ) -> None:
-        if fusion_type not in FUSION_TYPES:
-            raise GsNetConfigError(f"unknown fusion_type {fusion_type!r}; expected one of {', '.join(FUSION_TYPES)}")
-        self._check_streams(use_clip, dino is not None, fusion_type, clip_decoder_guidance, rsib_decoder_guidance)
-        super().__init__(
-            clip, tokenizer, templates,
-            last_block=last_block, clip_finetune=clip_finetune, synonyms=synonyms, config_error=GsNetConfigError,
-        )
-        self.use_clip = bool(use_clip)
+        if (dino is not None) != config.use_rsib:
+            raise GsNetConfigError(f"use_rsib is {config.use_rsib} but {'a' if dino is not None else 'no'} DINO was given")
+        super().__init__(clip, tokenizer, templates, config, config_error=GsNetConfigError)
+        self.use_clip = bool(config.use_clip)
         if not self.use_clip:
             # Row C never runs the CLIP image tower: its q/v weights would get no gradient
             # (the official optimiser skips them), and DDP needs every trainable weight used.
             self.image_encoder.requires_grad_(False)
         feat_dim = int(self.image_encoder.output_dim)
 
-        self.pad_multiple = int(pad_multiple)
-        if self.pad_multiple < 0:
-            raise GsNetConfigError(f"pad_multiple must be >= 0, got {pad_multiple}")
-        self.image_size = _pair(image_size, "image_size")
-        self.dino_image_size = _pair(dino_image_size, "dino_image_size")
+        self.pad_multiple = int(config.pad_multiple)
+        self.image_size = _pair(config.image_size, "image_size")
+        self.dino_image_size = _pair(config.dino_image_size, "dino_image_size")
         grids = []
         if self.use_clip:
             grids.append(("CLIP", self.clip_grid(self.image_size)))
@@ -247,17 +201,16 @@ class GsNetModel(SplitClipCostModel):
                 f"(dino_image_size {self.dino_image_size} / patch {dino.patch_size} / 2) must be equal"
             )
         self.feature_resolution: tuple[int, int] = grids[0][1]
-        expected = head.pop("feature_resolution", None)
-        if expected is not None and tuple(expected) != self.feature_resolution:
+        if tuple(config.feature_resolution) != self.feature_resolution:
             raise GsNetConfigError(
-                f"feature_resolution {tuple(expected)} does not match the image streams' grid {self.feature_resolution}"
+                f"feature_resolution {tuple(config.feature_resolution)} does not match the image streams' grid {self.feature_resolution}"
             )
 
-        self.guidance_blocks = self.check_guidance_blocks(guidance_blocks)
-        guidance_dims = _pair(decoder_guidance_dims, "decoder_guidance_dims")
+        self.guidance_blocks = self.check_guidance_blocks(config.guidance_blocks)
+        guidance_dims = _pair(config.decoder_guidance_dims, "decoder_guidance_dims")
         self.upsample1: nn.Module | None
         self.upsample2: nn.Module | None
-        if clip_decoder_guidance:
+        if config.clip_decoder_guidance:
             self.upsample1, self.upsample2 = self.make_clip_upsamplers(guidance_dims)
         else:
             self.upsample1 = None
@@ -269,7 +222,7 @@ class GsNetModel(SplitClipCostModel):
                     feat_dim=feat_dim,
                     guidance_dims=guidance_dims,
                     depth=dino.num_blocks,
-                    decoder_guidance=rsib_decoder_guidance,
+                    decoder_guidance=config.rsib_decoder_guidance,
                 )
             except ValueError as exc:
                 raise GsNetConfigError(str(exc)) from None
@@ -277,33 +230,10 @@ class GsNetModel(SplitClipCostModel):
             self.rsib_projections = None
 
         self.transformer = GsNetAggregator(
-            fusion_type=fusion_type,
-            feat_dim=feat_dim,
-            prompt_channels=len(self.templates),
-            feature_resolution=self.feature_resolution,
-            decoder_guidance_dims=guidance_dims,
-            clip_decoder_guidance=clip_decoder_guidance,
-            rsib_decoder_guidance=rsib_decoder_guidance,
-            **head,
+            config, feat_dim=feat_dim, prompt_channels=len(self.templates), feature_resolution=self.feature_resolution
         )
 
     # ---------------------------------------------------------------- validation
-    @staticmethod
-    def _check_streams(use_clip: bool, use_rsib: bool, fusion: str, clip_guidance: bool, rsib_guidance: bool) -> None:
-        if not use_clip and not use_rsib:
-            raise GsNetConfigError("GSNet needs at least one image stream: use_clip or the RSIB (use_rsib)")
-        if use_clip and use_rsib:
-            expected: tuple[str, ...] = TWO_STREAM_FUSIONS
-        else:
-            expected = ("clip_only",) if use_clip else ("rsib_only",)
-        if fusion not in expected:
-            streams = "CLIP and the RSIB" if use_clip and use_rsib else "CLIP only" if use_clip else "the RSIB only"
-            raise GsNetConfigError(f"fusion_type {fusion!r} does not fit a model with {streams}; use {' or '.join(expected)}")
-        if clip_guidance and not use_clip:
-            raise GsNetConfigError("clip_decoder_guidance needs the CLIP image stream (use_clip)")
-        if rsib_guidance and not use_rsib:
-            raise GsNetConfigError("rsib_decoder_guidance needs the RSIB stream (use_rsib)")
-
     def _rsib_cost_grid(self, dino: DinoVisionTransformer) -> tuple[int, int]:
         """The RSIB grid after `dino_down_sample` (stride 2); checks the pos-embed resize fits."""
         height, width = self.dino_image_size
@@ -356,38 +286,24 @@ class GsNetModel(SplitClipCostModel):
         return crop_to_image(logits, image_size, padded_size)
 
 
-def build_gsnet_model(
-    arch: str = "ViT-B-16",
-    clip_weights: str | None = "openai",
-    model_config: Mapping[str, Any] | None = None,
-    quick_gelu: bool | None = True,
-    templates: str | Sequence[str] = "single",
-    *,
-    use_rsib: bool = True,
-    dino_arch: str | Mapping[str, Any] = "vit_base_8",
-    dino_weights: str | None = None,
-    dino_input_norm: str = "clip",
-    dino_pos_embed_resize: str = "official",
-    dino_finetune: str = "freeze",
-    dino_key_check: str = "missing",
-    trusted: bool = False,
-    **kwargs: Any,
-) -> GsNetModel:
-    """Create CLIP (`create_clip_and_tokenizer`, as CAT-Seg does) and, with `use_rsib`, the DINO RSIB (`build_dino`,
-    loading `dino_weights` when given; None = random init), then build GSNet around them.
+def build_gsnet_model(config: GsNetConfig, templates: str | Sequence[str] | None = None, trusted: bool = False) -> GsNetModel:
+    """Create CLIP (`create_clip_and_tokenizer`, as CAT-Seg does) and, with `use_rsib`, the DINO
+    RSIB (`build_dino`, loading `config.resolved_dino_weights()`; None = random init), then
+    build GSNet around them. `templates` replaces `config.templates` when a caller has resolved
+    it further.
 
     The DINO is built first so that a missing RSIB file fails before CLIP weights are read.
     """
     dino = None
-    if use_rsib:
+    if config.use_rsib:
         dino = build_dino(
-            dino_arch,
-            dino_weights,
-            input_norm=dino_input_norm,
-            pos_embed_resize=dino_pos_embed_resize,
-            finetune=dino_finetune,
-            key_check=dino_key_check,
+            config.dino_arch,
+            config.resolved_dino_weights(),
+            input_norm=config.dino_input_norm,
+            pos_embed_resize=config.dino_pos_embed_resize,
+            finetune=config.dino_finetune,
+            key_check=config.dino_key_check,
             trusted=trusted,
         )
-    clip, tokenizer = create_clip_and_tokenizer(arch, clip_weights, model_config, quick_gelu, trusted)
-    return GsNetModel(clip, tokenizer, resolve_template_list(templates), dino, **kwargs)
+    clip, tokenizer = create_clip_and_tokenizer(config.arch, config.clip_weights, config.model_config, config.quick_gelu, trusted)
+    return GsNetModel(clip, tokenizer, resolve_template_list(config.templates if templates is None else templates), dino, config)

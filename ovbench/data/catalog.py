@@ -14,18 +14,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import difflib
 import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 import yaml
 
-from ovbench.config import build_dataclass, configs_dir, load_yaml
+from ovbench.config import config_files, is_yaml_path, load_config_file, load_yaml, naming_file, yaml_file
 from ovbench.data.folder import (
     VOCABULARY_ALIAS_MODES,
     FolderDataset,
@@ -33,7 +31,7 @@ from ovbench.data.folder import (
     read_file_list,
 )
 from ovbench.data.vocabulary import Vocabulary
-from ovbench.errors import ConfigError, DataError, RegistryError, VocabularyError
+from ovbench.errors import ConfigError, DataError, VocabularyError, unknown_name_error
 
 #: parameters a dataset name may carry, in the order a canonical name lists them
 DATASET_PARAMETERS = ("list", "size", "seed", "aliases")
@@ -42,22 +40,6 @@ TEMPLATE_PREFIX = "templates-"
 # A parameter section starts at the first colon followed by `key=`; so do its items after commas.
 _PARAMETERS_START = re.compile(r":(?=[A-Za-z_][A-Za-z0-9_]*=)")
 _ITEM_SEPARATOR = re.compile(r",(?=[A-Za-z_][A-Za-z0-9_]*=)")
-
-
-def _unknown(kind: str, name: str, available: Iterable[str]) -> RegistryError:
-    available = sorted(available)
-    close = difflib.get_close_matches(name, available, n=1, cutoff=0.5)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    return RegistryError(f"unknown {kind} '{name}'{hint}; available: {', '.join(available) or 'none'}")
-
-
-def _yaml_files(folder: str) -> dict[str, Path]:
-    root = configs_dir() / folder
-    return {p.stem: p for p in sorted(root.glob("*.yaml"))} if root.is_dir() else {}
-
-
-def _is_spec_path(name: str) -> bool:
-    return name.endswith((".yaml", ".yml"))
 
 
 def _toyland_splits() -> tuple[str, ...]:
@@ -138,7 +120,7 @@ def parse_dataset_name(name: str) -> DatasetRequest:
 
 def dataset_spec_files() -> dict[str, Path]:
     """name -> spec YAML under configs/datasets/."""
-    return _yaml_files("datasets")
+    return config_files("datasets")
 
 
 def dataset_names() -> list[str]:
@@ -162,13 +144,11 @@ def _find_spec(name: str) -> tuple[Path, str]:
     files = dataset_spec_files()
     if name in files:
         return files[name], name
-    if _is_spec_path(name):
-        if not Path(name).is_file():
-            raise ConfigError(f"dataset spec file not found: {name}")
-        return Path(name), Path(name).stem
+    if is_yaml_path(name):
+        return yaml_file(name, "dataset spec"), Path(name).stem
     registered = registered_names()
     if name not in registered:
-        raise _unknown("dataset", name, set(files) | set(_toyland_splits()))
+        raise unknown_name_error("dataset", name, set(files) | set(_toyland_splits()))
     return files[registered[name]], registered[name]
 
 
@@ -178,24 +158,16 @@ def load_dataset_spec(name: str) -> FolderDatasetSpec:
 
 
 def _load_spec(path: Path, spec_name: str) -> FolderDatasetSpec:
-    raw = load_yaml(path)
-    raw.setdefault("name", spec_name)
     with _naming_spec_file(path):
-        spec = build_dataclass(FolderDatasetSpec, raw, f"dataset {spec_name}")
+        spec = load_config_file(FolderDatasetSpec, path, "dataset", spec_name)
         if isinstance(spec.vocabulary, list):
             Vocabulary(spec.vocabulary)  # an empty or repeated inline vocabulary is the spec's fault
     return spec
 
 
-@contextlib.contextmanager
 def _naming_spec_file(path: Path):
     """Errors about a spec's content name the spec file, so the user knows what to edit."""
-    try:
-        yield
-    except (ConfigError, VocabularyError) as exc:
-        if str(path) in str(exc):
-            raise
-        raise type(exc)(f"{path}: {exc}") from None
+    return naming_file(path, (ConfigError, VocabularyError))
 
 
 def build_dataset(name: str, data_root: str | Path | None):
@@ -270,7 +242,7 @@ def _check_alias_mode(mode: str) -> None:
 
 
 def vocabulary_names() -> list[str]:
-    return sorted(n for n in _yaml_files("vocab") if not n.startswith(TEMPLATE_PREFIX))
+    return sorted(n for n in config_files("vocab") if not n.startswith(TEMPLATE_PREFIX))
 
 
 def _name_list(value: Any, where: str) -> tuple[str, ...]:
@@ -285,14 +257,14 @@ def _name_list(value: Any, where: str) -> tuple[str, ...]:
 def load_vocabulary_file(name: str | Path) -> VocabularyFile:
     """A vocabulary by name (configs/vocab/NAME.yaml) or by the path of a YAML/JSON file; a
     plain JSON list (like the official GSNet datasets/*.json) is a list of classes."""
-    files = _yaml_files("vocab")
+    files = config_files("vocab")
     text_name = str(name)
     if text_name in files and not text_name.startswith(TEMPLATE_PREFIX):
         path = files[text_name]
     elif text_name.endswith((".yaml", ".yml", ".json")) and Path(text_name).is_file():
         path = Path(text_name)
     else:
-        raise _unknown("vocabulary", text_name, vocabulary_names())
+        raise unknown_name_error("vocabulary", text_name, vocabulary_names())
     try:
         text = path.read_text(encoding="utf-8")
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
@@ -342,21 +314,21 @@ def load_vocabulary(name: str | Path, aliases: str = "off") -> Vocabulary:
 
 
 def template_set_names() -> list[str]:
-    return sorted(n[len(TEMPLATE_PREFIX):] for n in _yaml_files("vocab") if n.startswith(TEMPLATE_PREFIX))
+    return sorted(n[len(TEMPLATE_PREFIX):] for n in config_files("vocab") if n.startswith(TEMPLATE_PREFIX))
 
 
 def load_template_set(name: str | Path) -> list[str]:
     """Prompt templates (`"an aerial photo of {}."`, ...) by set name (`remote-sensing`, the file
     configs/vocab/templates-remote-sensing.yaml) or by the path of such a YAML file."""
-    files = _yaml_files("vocab")
+    files = config_files("vocab")
     text_name = str(name)
     key = text_name if text_name.startswith(TEMPLATE_PREFIX) else TEMPLATE_PREFIX + text_name
     if key in files:
         path = files[key]
-    elif _is_spec_path(text_name) and Path(text_name).is_file():
+    elif is_yaml_path(text_name) and Path(text_name).is_file():
         path = Path(text_name)
     else:
-        raise _unknown("template set", text_name, template_set_names())
+        raise unknown_name_error("template set", text_name, template_set_names())
     data = load_yaml(path)
     unknown = sorted(set(data) - {"description", "templates"})
     if unknown:

@@ -20,7 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ovbench.errors import DataError
+from ovbench.errors import DataError, first_line
 
 __all__ = [
     "ISSUE_KINDS",
@@ -193,7 +193,7 @@ def _decode_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
     except FileNotFoundError:
         return None, "file not found"
     except _DECODE_ERRORS as exc:
-        return None, str(exc) or type(exc).__name__
+        return None, first_line(exc)
 
 
 def _decode_mask(path: Path) -> tuple[np.ndarray | None, str | None, str | None]:
@@ -205,7 +205,7 @@ def _decode_mask(path: Path) -> tuple[np.ndarray | None, str | None, str | None]
     except FileNotFoundError:
         return None, "unreadable_mask", "file not found"
     except _DECODE_ERRORS as exc:
-        return None, "unreadable_mask", str(exc) or type(exc).__name__
+        return None, "unreadable_mask", first_line(exc)
     if array.ndim != 2:
         return None, "bad_mask_format", f"expected a single-channel label map, got shape {array.shape}"
     if not np.issubdtype(array.dtype, np.integer):

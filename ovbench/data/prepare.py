@@ -12,7 +12,7 @@ deletes the other's temporary files).
 
 Potsdam follows mmsegmentation's converter (tools/dataset_converters/potsdam.py), whose crop
 names the GSNet evaluation set carries (`2_10_0_2048_512_2560.png`), including two of its
-quirks, each with a flag for the clean behaviour:
+quirks, each with a flag for the clean behaviour (docs/datasets.md#potsdam-preparation):
 - crop origins step by the crop size, not by the stride: the stride only decides how many
   origins there are, and origins past the tile are pulled back to its edge (so a 6000-pixel
   side gives origins 0, 512, ..., 5120 and 5488: 144 distinct crops per tile). `honor_stride`

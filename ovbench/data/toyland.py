@@ -37,7 +37,7 @@ import numpy as np
 
 from ovbench.data.base import Sample
 from ovbench.data.vocabulary import Vocabulary
-from ovbench.errors import ConfigError, RegistryError
+from ovbench.errors import ConfigError, unknown_name_error
 
 __all__ = [
     "SceneElement",
@@ -845,7 +845,7 @@ class ToylandDataset:
 
     def __init__(self, split: str, seed: int = 0, num_images: int | None = None, size: int = 128):
         if split not in TOYLAND_SPLITS:
-            raise RegistryError(f"unknown toyland split {split!r}; valid splits: {', '.join(TOYLAND_SPLITS)}")
+            raise unknown_name_error("toyland split", str(split), TOYLAND_SPLITS)
         self.split: ToylandSplit = TOYLAND_SPLITS[split]
         self.seed = _check_int(seed, "seed", 0)
         self.size = _check_int(size, "size", MIN_TILE_SIZE)

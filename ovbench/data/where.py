@@ -1,16 +1,16 @@
 """Where the publishers host each dataset and how to unpack it (`ovbench data where`).
 
 Nothing here downloads anything: it is the distribution knowledge of the benchmark written
-down once (reference card datasets.md, §1, §3, §5 and §7), including the ways the
-publishers' own instructions go wrong.
+down once (docs/datasets.md#landdiscover50k, docs/datasets.md#evaluation-sets,
+docs/datasets.md#coco-stuff and docs/datasets.md#distribution-problems), including the ways
+the publishers' own instructions go wrong.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
-from ovbench.errors import RegistryError
+from ovbench.errors import RegistryError, did_you_mean
 
 __all__ = ["HostingEntry", "HOSTING", "where_names", "find_hosting", "render_where"]
 
@@ -194,9 +194,7 @@ def find_hosting(name: str) -> HostingEntry:
     table = _lookup_table()
     if base in table:
         return HOSTING[table[base]]
-    close = difflib.get_close_matches(base, list(table), n=1, cutoff=0.6)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
-    raise RegistryError(f"no hosting information for dataset '{name}'{hint}; known: {', '.join(HOSTING)}")
+    raise RegistryError(f"no hosting information for dataset '{name}'{did_you_mean(base, table, 0.6)}; known: {', '.join(HOSTING)}")
 
 
 def render_where(entry: HostingEntry) -> str:

@@ -4,57 +4,19 @@ official detectron2 code bases configure them."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import torch
 from torch import nn
 
+from ovbench.engine.train_config import SCHEDULES, OptimizerConfig, ScheduleConfig  # noqa: F401 (re-exported)
 from ovbench.errors import ConfigError
-
-SCHEDULES = ("cosine", "poly", "constant")
 
 #: module types whose parameters never get weight decay (detectron2's WEIGHT_DECAY_NORM = 0)
 NORM_TYPES = (
     nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.GroupNorm,
     nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LayerNorm, nn.LocalResponseNorm,
 )
-
-
-@dataclass
-class OptimizerConfig:
-    lr: float = 2e-4
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    #: extra parameter-name fragments exempt from weight decay (SAN/EBSeg: pos_embed, query_embed ...)
-    no_decay_names: list[str] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise ConfigError(f"train.optimizer.lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise ConfigError(f"train.optimizer.weight_decay must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ConfigError(f"train.optimizer.betas must be two numbers in [0, 1), got {self.betas}")
-
-
-@dataclass
-class ScheduleConfig:
-    name: str = "cosine"
-    #: poly exponent (SAN, OV-Seg, SCAN, EBSeg use 0.9)
-    power: float = 0.9
-    warmup_iters: int = 0
-    #: the learning-rate factor at iteration 0 of a linear warmup
-    warmup_factor: float = 0.001
-    #: cosine/poly decay towards this fraction of the base rate
-    end_factor: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.name not in SCHEDULES:
-            raise ConfigError(f"train.schedule.name must be one of {', '.join(SCHEDULES)}, got {self.name!r}")
-        if self.warmup_iters < 0:
-            raise ConfigError(f"train.schedule.warmup_iters must be >= 0, got {self.warmup_iters}")
 
 
 def lr_factor(schedule: ScheduleConfig, iteration: int, max_iters: int) -> float:

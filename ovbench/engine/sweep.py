@@ -12,7 +12,7 @@ The YAML format is documented at the top of each shipped experiment file; in sho
 
     name: table2
     description: ...
-    defaults: {benchmark: ovrsiss, seeds: [0]}
+    defaults: {benchmark: ovrsiss, seeds: [0]}     # without it: the default benchmark, toyland
     jobs:
       - {methods: [catseg, san], protocols: [finetune, scratch]}   # the product: 4 jobs
       - {method: catseg-remoteclip, protocol: scratch, label: "CAT-Seg (RemoteCLIP)"}
@@ -20,7 +20,6 @@ The YAML format is documented at the top of each shipped experiment file; in sho
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import itertools
 import json
@@ -35,10 +34,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from ovbench.config import load_yaml, parse_overrides, unknown_key_error
-from ovbench.errors import ConfigError, OvbenchError
+from ovbench.errors import ConfigError, OvbenchError, first_line, unknown_name
+from ovbench.registry import DEFAULT_BENCHMARK, protocol_names
 
 __all__ = [
-    "PROTOCOLS",
     "Experiment",
     "Job",
     "SweepPlan",
@@ -48,11 +47,15 @@ __all__ = [
     "run_sweep",
 ]
 
-#: Training protocols a job may name: train on the benchmark's training set from the
-#: method's usual initialisation, fine-tune from COCO-trained weights, or evaluate untrained.
-PROTOCOLS = ("scratch", "finetune", "zeroshot")
 
-DEFAULT_BENCHMARK = "ovrsiss"
+def __getattr__(name: str) -> Any:
+    # PROTOCOLS: the protocols a job may name, read from configs/protocols/ when asked (scratch:
+    # train on the benchmark's training set from the method's usual initialisation, finetune:
+    # from COCO-trained weights, zeroshot: evaluate untrained; a config tree may add its own)
+    if name == "PROTOCOLS":
+        return tuple(protocol_names())
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # (singular, plural) spellings of the axes an entry expands over, in product order: the first
 # axis varies slowest, so a table's rows come out grouped by method.
@@ -74,10 +77,9 @@ def _check_field(name: str, value: Any, where: str) -> None:
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(f"{where}: expected a non-empty {name} name, got {value!r}")
     elif name == "protocol":
-        if value not in PROTOCOLS:
-            close = difflib.get_close_matches(str(value), PROTOCOLS, n=1, cutoff=0.5)
-            hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(PROTOCOLS)}"
-            raise ConfigError(f"{where}: unknown protocol {value!r} ({hint})")
+        protocols = protocol_names()
+        if value not in protocols:
+            raise ConfigError(f"{where}: {unknown_name('protocol', str(value), protocols)}")
     elif name == "train_set":
         # None is meaningful: "the benchmark's own training set".
         if value is not None and (not isinstance(value, str) or not value.strip()):
@@ -425,7 +427,7 @@ def run_sweep(
         try:
             run_job(job)
         except Exception as exc:  # noqa: BLE001 - KeyboardInterrupt still stops the sweep at once
-            console.print(f"[red]failed[/red] {escape(job.run_id())}: {type(exc).__name__}: {escape(str(exc))}", highlight=False)
+            console.print(f"[red]failed[/red] {escape(job.run_id())}: {type(exc).__name__}: {escape(first_line(exc))}", highlight=False)
             if not keep_going:
                 raise
             failures.append((job, exc))
@@ -433,7 +435,7 @@ def run_sweep(
     if failures:
         console.print(f"[red]{len(failures)} of {len(plan.todo)} job(s) failed:[/red]")
         for job, exc in failures:
-            console.print(f"  {job.describe()}: {type(exc).__name__}: {exc}", highlight=False, markup=False)
+            console.print(f"  {job.describe()}: {type(exc).__name__}: {first_line(exc)}", highlight=False, markup=False)
         failed_ids = ", ".join(job.run_id() for job, _ in failures)
         raise OvbenchError(
             f"{len(failures)} of {len(plan.todo)} job(s) of sweep '{experiment.name}' failed: {failed_ids}"

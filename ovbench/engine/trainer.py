@@ -7,7 +7,7 @@ import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,8 +15,8 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ovbench.data.base import SegmentationDataset
-from ovbench.data.transforms import TrainTransform, TrainTransformConfig
-from ovbench.errors import ConfigError, OvbenchError, first_line, storage_error
+from ovbench.data.transforms import TrainTransform, TrainTransformConfig  # noqa: F401 (re-exported)
+from ovbench.errors import OvbenchError, first_line, storage_error
 from ovbench.engine.checkpoint import (
     checkpoint_name,
     encode_checkpoint,
@@ -30,56 +30,18 @@ from ovbench.engine.checkpoint import (
 from ovbench.engine.data import PositionBatches, TrainSamples, build_train_loader
 from ovbench.engine.distributed import DistInfo, all_reduce_sum
 from ovbench.engine.optim import (
-    OptimizerConfig,
-    ScheduleConfig,
     build_optimizer,
     build_scheduler,
     clip_full_model_grad_norm,
     optimizer_groups,
 )
+from ovbench.engine.train_config import PRECISIONS, OptimizerConfig, ScheduleConfig, TrainConfig  # noqa: F401 (re-exported)
 from ovbench.fileio import atomic_write_text
 from ovbench.progress import ProgressReporter
-
-PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class TrainingDiverged(OvbenchError):
     """The loss or the gradient norm stopped being finite."""
-
-
-@dataclass
-class TrainConfig:
-    """Iterations, batch and optimisation of a training run (method YAML `train:` section)."""
-
-    iters: int = 30000
-    #: global batch: all processes and accumulation steps together
-    batch_size: int = 4
-    grad_accum: int = 1
-    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
-    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
-    #: full-model L2 gradient clipping (detectron2 CLIP_TYPE full_model); null disables
-    grad_clip: float | None = 0.01
-    #: fp32 everywhere by default (the official GSNet/CAT-Seg runs); bf16/fp16 autocast on GPU only
-    precision: str = "fp32"
-    #: TensorFloat-32 matmuls on Ampere+ GPUs, as the official runs ("high")
-    tf32: bool = True
-    checkpoint_every: int = 5000
-    #: periodic checkpoints kept besides the final one
-    keep_checkpoints: int = 2
-    log_every: int = 20
-    num_workers: int = 2
-    transform: TrainTransformConfig = field(default_factory=TrainTransformConfig)
-
-    def __post_init__(self) -> None:
-        for name in ("iters", "batch_size", "grad_accum", "checkpoint_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"train.{name} must be at least 1, got {getattr(self, name)}")
-        if self.num_workers < 0:
-            raise ConfigError(f"train.num_workers must be >= 0, got {self.num_workers}")
-        if self.precision not in PRECISIONS:
-            raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.grad_clip is not None and self.grad_clip <= 0:
-            raise ConfigError(f"train.grad_clip must be positive or null, got {self.grad_clip}")
 
 
 @dataclass

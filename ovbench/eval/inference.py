@@ -10,16 +10,16 @@ Two recipes matter for the paper's tables:
 
 * `WholeImage`: optionally resize the short side (detectron2's test mapper), stretch to a
   fixed size, forward, upsample, activate, resize to H x W (SED: 768^2 and sigmoid).
-* `SlidingWindow`: the CAT-Seg / GSNet evaluation (datasets.md section 6): stretch to
-  640 x 640, cut 384^2 tiles at stride 256 plus a 384^2 global view, run every view of every
-  image in one batched forward, upsample each to 384, sigmoid, average overlapping tiles,
-  blend 50/50 with the global view upsampled to 640, resize to H x W.
+* `SlidingWindow`: the CAT-Seg / GSNet evaluation
+  (docs/datasets.md#sliding-window-protocol): stretch to 640 x 640, cut 384^2 tiles at
+  stride 256 plus a 384^2 global view, run every view of every image in one batched forward,
+  upsample each to 384, sigmoid, average overlapping tiles, blend 50/50 with the global view
+  upsampled to 640, resize to H x W.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ovbench.errors import ConfigError, OvbenchError
+from ovbench.inference_config import InferenceConfig
 
 __all__ = [
     "ACTIVATIONS",
@@ -71,49 +72,6 @@ class InferenceMode(Protocol):
     def __call__(self, forward: Forward, images: Tensor) -> Tensor:
         """(B,3,H,W) float RGB in 0..255 -> (B,T,H,W) scores."""
         ...
-
-
-@dataclass
-class InferenceConfig:
-    """The inference section of a method's YAML.
-
-    Fields that a mode does not use are ignored by it (a whole-image config may keep the
-    sliding-window defaults). `size` may be None: the whole-image mode then runs at the
-    (short-side resized) input size, and the sliding window tiles that size directly.
-    """
-
-    mode: str = "whole"
-    #: whole: the (h, w) the image is stretched to; sliding: the stretch before tiling.
-    size: list[int] | None = field(default_factory=lambda: [640, 640])
-    #: sliding: side of the square tiles.
-    window: int = 384
-    #: sliding: step between tile origins; int(384 * 0.667) = 256 in CAT-Seg/GSNet.
-    stride: int = 256
-    #: sliding: side of the extra whole-image view; None leaves it out.
-    global_view: int | None = 384
-    #: sliding: weight of the global view in (1 - w) * tiles + w * global.
-    global_weight: float = 0.5
-    #: "none" | "sigmoid" | "softmax", applied to each view's upsampled logits.
-    activation: str = "none"
-    #: detectron2 test mapper: resize the short side to this before anything else.
-    short_side: int | None = None
-    #: cap on the long side for the short-side resize (ignored without short_side).
-    max_size: int | None = None
-
-    @classmethod
-    def catseg_sliding(cls) -> InferenceConfig:
-        """The official CAT-Seg / GSNet evaluation (eval.sh, datasets.md section 6)."""
-        return cls(
-            mode="sliding",
-            size=[640, 640],
-            window=384,
-            stride=256,
-            global_view=384,
-            global_weight=0.5,
-            activation="sigmoid",
-            short_side=640,
-            max_size=2560,
-        )
 
 
 # --------------------------------------------------------------------------- geometry

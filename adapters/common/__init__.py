@@ -1,0 +1,2 @@
+"""What several adapters share (not adapters themselves): the CLIP cost-volume segmenter base
+and the prompt-template resolution."""

@@ -1,0 +1,25 @@
+"""The two kinds of error a model in `ovbench_methods` raises.
+
+Models stay free of the harness, so they cannot raise its errors; instead every error a
+method raises on purpose derives from one of these two plain bases, and an adapter (or any
+other caller) translates by base type without knowing each method's classes:
+
+- `MethodConfigError`: settings that do not describe a valid model, or inputs of the wrong
+  shape for it (a `ValueError`).
+- `WeightsError`: a weights or checkpoint file that cannot be read, is not available, or does
+  not fit the model (a `RuntimeError`).
+
+Messages are one line and name the setting or file concerned.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MethodConfigError", "WeightsError"]
+
+
+class MethodConfigError(ValueError):
+    """Settings or inputs that do not describe a valid model."""
+
+
+class WeightsError(RuntimeError):
+    """A weights or checkpoint file that cannot be read, is unavailable, or does not fit."""
