@@ -290,7 +290,9 @@ def profile_command(
 
 @app.command("check-adapter")
 def check_adapter_command(
-    name: str = typer.Argument(..., help="Method name (see `ovbench methods`) or a method YAML path."),
+    name: str = typer.Argument(
+        ..., help="Method name (see `ovbench methods`) or a method YAML path; an adapter under development: a YAML with adapter: module:Class."
+    ),
     scale: Optional[str] = typer.Option(None, "--scale", help="Scale overlay; default tiny when the method has one ('full' = none)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the random initialisation and the test inputs."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. model.pad_len=0 inference.mode=whole."),
@@ -312,7 +314,7 @@ def check_adapter_command(
         scale = None
     results = run_contract(name, scale=scale, overrides=list(overrides or []), seed=seed)
     styles = {"pass": "green", "fail": "bold red", "skip": "dim"}
-    table = Table(title=f"{name} — adapter contract ({f'{scale} scale' if scale else 'no scale overlay'})", title_justify="left")
+    table = Table(title=f"{escape(name)} — adapter contract ({f'{scale} scale' if scale else 'no scale overlay'})", title_justify="left")
     for column in ("check", "status", "detail"):
         table.add_column(column)
     for result in results:
@@ -331,13 +333,17 @@ def methods_command() -> None:
     from ovbench.registry import _raw_method_config, method_names
 
     table = Table("method", "adapter", "description")
+    broken = []
     for name in method_names():
         try:
             raw = _raw_method_config(name)
             table.add_row(name, str(raw.get("adapter", "?")), str(raw.get("description", "")))
         except OvbenchError as exc:
-            table.add_row(name, "[red]broken[/red]", str(exc))
+            table.add_row(name, "[red]broken[/red]", "cannot be loaded (see below)")
+            broken.append(f"broken method {name}: {exc}")
     stdout_console.print(table)
+    for line in broken:  # after the table, unwrapped: one line each, whatever the width
+        stdout_console.print(line, markup=False, highlight=False)
 
 
 @app.command("datasets")

@@ -312,10 +312,12 @@ def test_remoteclip_variant_missing_weights_is_one_clear_error(catseg_registered
 
 def test_bad_config_fields_raise_config_error(catseg_registered):
     for field, value in [("window_size", 0), ("synonyms", "all"), ("image_size", [384]),
-                         ("clip_finetune", "prompt"), ("pad_len", -1), ("num_heads", 3)]:
+                         ("clip_finetune", "prompt"), ("pad_len", -1)]:
         with pytest.raises(ConfigError, match=field) as info:
             registry.resolve_method("catseg", scale="tiny", overrides={"model": {field: value}})
         assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError, match="catseg: hidden dim 32 is not divisible by 3 heads"):
+        registry.build_segmenter(registry.resolve_method("catseg", scale="tiny", overrides={"model": {"num_heads": 3}}))
     with pytest.raises(ConfigError, match="unknown template set 'nope'"):
         registry.build_segmenter(registry.resolve_method("catseg", scale="tiny", overrides={"model": {"templates": "nope"}}))
     with pytest.raises(ConfigError, match="catseg: feature_resolution"):

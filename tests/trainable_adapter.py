@@ -9,7 +9,6 @@ BatchNorm, so several processes compute exactly what one process does.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -17,17 +16,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ovbench.interface import OpenVocabSegmenter
+from ovbench_methods.common.trigrams import trigram_bag
 
 TRIGRAM_BINS = 256
-
-
-def trigram_bag(name: str) -> torch.Tensor:
-    bag = torch.zeros(TRIGRAM_BINS)
-    padded = f"  {name.lower()}  "
-    for i in range(len(padded) - 2):
-        digest = hashlib.blake2s(padded[i : i + 3].encode(), digest_size=4).digest()
-        bag[int.from_bytes(digest, "little") % TRIGRAM_BINS] += 1.0
-    return bag / bag.norm()
 
 
 @dataclass

@@ -122,8 +122,6 @@ class ClipCostVolumeConfig:
             raise MethodConfigError(f"clip_multiplier must not be negative, got {self.clip_multiplier}")
         if isinstance(self.clip_weights, str) and not self.clip_weights.strip():
             raise MethodConfigError("clip_weights must be a tag, a file path or null, got an empty string")
-        if self.hidden_dim % self.num_heads:
-            raise MethodConfigError(f"hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
 
 
 def _plain(value: Any) -> Any:

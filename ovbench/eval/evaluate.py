@@ -11,6 +11,7 @@ import torch
 
 from ovbench.data.base import SegmentationDataset
 from ovbench.errors import OvbenchError
+from ovbench.eval.inference import LogitsShapeError
 from ovbench.eval.metrics import ConfusionMatrix, SegmentationMetrics
 from ovbench.progress import ProgressReporter
 
@@ -87,13 +88,16 @@ def evaluate_dataset(
         step = max(1, MAX_SCORE_ELEMENTS // per_image)
         for first in range(0, batch_images.shape[0], step):
             images = batch_images[first : first + step].to(device)
-            scores = segmenter.predict(images, vocabulary)
             expected = (images.shape[0], len(vocabulary), images.shape[2], images.shape[3])
-            if tuple(scores.shape) != expected:
-                raise OvbenchError(
-                    f"{segmenter.method_name}: predict returned scores of shape {tuple(scores.shape)}, "
-                    f"expected {expected}"
-                )
+            # a wrong shape is a bug in the method's adapter: one line naming it, not a traceback
+            name = getattr(segmenter, "display_name", None) or type(segmenter).__name__
+            try:
+                scores = segmenter.predict(images, vocabulary)
+            except LogitsShapeError as exc:
+                raise OvbenchError(f"{name}: {exc} (predict must return (B,T,H,W) = {expected})") from None
+            if not isinstance(scores, torch.Tensor) or tuple(scores.shape) != expected:
+                got = tuple(scores.shape) if isinstance(scores, torch.Tensor) else type(scores).__name__
+                raise OvbenchError(f"{name}: predict returned scores of shape {got}, expected (B,T,H,W) = {expected}")
             labels = scores.argmax(dim=1)
             del scores  # free the (B, T, H, W) stack before the next predict call allocates one
             confusion.update(labels, batch_masks[first : first + step].to(device))

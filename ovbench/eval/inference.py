@@ -235,7 +235,7 @@ class SlidingWindow:
                 tile_logits = _call_forward(forward, tiles.flatten(0, 1), "tile views")
                 global_logits = _call_forward(forward, global_image, "global views")
                 if global_logits.shape[1] != tile_logits.shape[1]:
-                    raise RuntimeError(
+                    raise LogitsShapeError(
                         f"forward returned {tile_logits.shape[1]} classes for tiles but "
                         f"{global_logits.shape[1]} for the global views"
                     )
@@ -429,12 +429,16 @@ def _assemble(chunks: list[slice], parts: Iterable[Tensor]) -> Tensor:
     return output
 
 
+class LogitsShapeError(RuntimeError):
+    """A forward returned logits that are not (N,T,h,w): a bug in the method's adapter, which
+    evaluation reports as one line naming the method (`ovbench check-adapter` names the row)."""
+
+
 def _call_forward(forward: Forward, views: Tensor, what: str) -> Tensor:
     logits = forward(views)
-    # A wrong shape here is a bug in the method's adapter, not a user error: keep the traceback.
     if not isinstance(logits, Tensor) or logits.ndim != 4 or logits.shape[0] != views.shape[0]:
         got = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise RuntimeError(
+        raise LogitsShapeError(
             f"forward on {views.shape[0]} {what} must return (N,T,h,w) logits with N={views.shape[0]}, got {got}"
         )
     # Scores are averaged and blended; do that in float32 even if the model ran in half precision.
