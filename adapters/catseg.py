@@ -14,7 +14,6 @@ from typing import Any, Mapping
 from torch import Tensor
 
 from ovbench_adapters.common.clip_cost_volume import ClipCostVolumeSegmenter
-from ovbench_adapters.common.templates import resolve_templates
 from ovbench_methods.catseg.config import CatSegConfig
 from ovbench_methods.catseg.model import CatSegModel, build_catseg_model
 from ovbench_methods.common.clip_qkv import split_packed_qkv
@@ -29,26 +28,6 @@ OFFICIAL_HEAD_PREFIX = "sem_seg_head.predictor.transformer."
 TEXT_TOWER_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
 #: Official CLIP entries CAT-Seg never uses; dropped on load.
 UNUSED_CLIP_KEYS = ("logit_scale",)
-
-
-class CatSegSegmenter(ClipCostVolumeSegmenter):
-    """CAT-Seg behind the uniform interface."""
-
-    method_name = "catseg"
-    config_class = CatSegConfig
-    official_checkpoint_name = "official CAT-Seg checkpoint"
-    model: CatSegModel
-
-    def build_model(self, config: CatSegConfig, trusted: bool) -> CatSegModel:
-        return build_catseg_model(config, templates=resolve_templates(config.templates), trusted=trusted)
-
-    @staticmethod
-    def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
-        return convert_official_state_dict(state)
-
-    @staticmethod
-    def to_official_state_dict(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return to_official_state_dict(model_state)
 
 
 def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,3 +72,16 @@ def to_official_state_dict(model_state: Mapping[str, Tensor]) -> dict[str, Tenso
         else:
             official[key] = value
     return official
+
+
+class CatSegSegmenter(ClipCostVolumeSegmenter):
+    """CAT-Seg behind the uniform interface."""
+
+    method_name = "catseg"
+    config_class = CatSegConfig
+    official_checkpoint_name = "official CAT-Seg checkpoint"
+    model: CatSegModel
+
+    build_method_model = staticmethod(build_catseg_model)
+    convert_official_state_dict = staticmethod(convert_official_state_dict)
+    to_official_state_dict = staticmethod(to_official_state_dict)

@@ -20,7 +20,6 @@ from ovbench.interface import load_torch_file
 from ovbench_adapters.catseg import convert_official_state_dict as convert_catseg_state_dict
 from ovbench_adapters.catseg import to_official_state_dict as catseg_to_official
 from ovbench_adapters.common.clip_cost_volume import ClipCostVolumeSegmenter
-from ovbench_adapters.common.templates import resolve_templates
 from ovbench_methods.common.dino import extract_dino_state_dict, load_dino_state_dict
 from ovbench_methods.common.errors import WeightsError
 from ovbench_methods.gsnet.config import RSIB_PUBLISHED, GsNetConfig
@@ -40,52 +39,6 @@ DECODER_KEYS = ("CLIP_decoder_guidance_projection", "DINO_decoder_guidance_proje
 RSIB_PROJECTION_KEYS = ("dino_down_sample", "dino_decod_proj1", "dino_decod_proj2")
 #: Keys every DINO ViT state dict has (after `teacher` / `module.` / `backbone.` are taken off).
 DINO_MARKER_KEYS = ("cls_token", "pos_embed", "patch_embed.proj.weight")
-
-
-class GsNetSegmenter(ClipCostVolumeSegmenter):
-    """GSNet behind the uniform interface."""
-
-    method_name = "gsnet"
-    config_class = GsNetConfig
-    official_checkpoint_name = "official GSNet checkpoint"
-    model: GsNetModel
-
-    def build_model(self, config: GsNetConfig, trusted: bool) -> GsNetModel:
-        return build_gsnet_model(config, templates=resolve_templates(config.templates), trusted=trusted)
-
-    @staticmethod
-    def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
-        return convert_official_state_dict(state)
-
-    @staticmethod
-    def to_official_state_dict(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        return to_official_state_dict(model_state)
-
-    # ---------------------------------------------------------------- checkpoints
-    def load_checkpoint(self, path: str | Path, trusted: bool = False) -> None:
-        """Load an ovbench checkpoint ({"model": segmenter state}), the official detectron2
-        GSNet file ({"model": {"sem_seg_head.predictor....": ...}}) — both strict, one error
-        line — or an RSIB/DINO checkpoint, which replaces the RSIB weights only."""
-        payload = load_torch_file(path, trusted=trusted)
-        if _looks_like_dino(payload):
-            self._load_rsib(payload, str(path))
-        else:
-            self._load_payload(payload, path)
-
-    def load_rsib_checkpoint(self, path: str | Path, trusted: bool = False) -> None:
-        """Load an RSIB/DINO checkpoint (DINO layout; `teacher`, `module.`, `backbone.` handled)."""
-        self._load_rsib(load_torch_file(path, trusted=trusted), str(path))
-
-    def _load_rsib(self, payload: Any, source: str) -> None:
-        dino = self.model.dino_model
-        if dino is None:
-            raise CheckpointError(f"{source}: an RSIB (DINO) checkpoint, but this gsnet configuration has no RSIB (use_rsib: false)")
-        try:
-            state, took_teacher = extract_dino_state_dict(payload, source)
-            load_dino_state_dict(dino, state, key_check=self.config.dino_key_check, source=source, took_teacher=took_teacher)
-        except WeightsError as exc:
-            raise CheckpointError(str(exc)) from None
-        dino.set_finetune(self.config.dino_finetune)
 
 
 def _looks_like_dino(payload: Any) -> bool:
@@ -140,3 +93,42 @@ def to_official_state_dict(model_state: Mapping[str, Tensor]) -> dict[str, Tenso
                 break
         flattened[key] = value
     return catseg_to_official(flattened)
+
+
+class GsNetSegmenter(ClipCostVolumeSegmenter):
+    """GSNet behind the uniform interface."""
+
+    method_name = "gsnet"
+    config_class = GsNetConfig
+    official_checkpoint_name = "official GSNet checkpoint"
+    model: GsNetModel
+
+    build_method_model = staticmethod(build_gsnet_model)
+    convert_official_state_dict = staticmethod(convert_official_state_dict)
+    to_official_state_dict = staticmethod(to_official_state_dict)
+
+    # ---------------------------------------------------------------- checkpoints
+    def load_checkpoint(self, path: str | Path, trusted: bool = False) -> None:
+        """Load an ovbench checkpoint ({"model": segmenter state}), the official detectron2
+        GSNet file ({"model": {"sem_seg_head.predictor....": ...}}) — both strict, one error
+        line — or an RSIB/DINO checkpoint, which replaces the RSIB weights only."""
+        payload = load_torch_file(path, trusted=trusted)
+        if _looks_like_dino(payload):
+            self._load_rsib(payload, str(path))
+        else:
+            self._load_payload(payload, path)
+
+    def load_rsib_checkpoint(self, path: str | Path, trusted: bool = False) -> None:
+        """Load an RSIB/DINO checkpoint (DINO layout; `teacher`, `module.`, `backbone.` handled)."""
+        self._load_rsib(load_torch_file(path, trusted=trusted), str(path))
+
+    def _load_rsib(self, payload: Any, source: str) -> None:
+        dino = self.model.dino_model
+        if dino is None:
+            raise CheckpointError(f"{source}: an RSIB (DINO) checkpoint, but this gsnet configuration has no RSIB (use_rsib: false)")
+        try:
+            state, took_teacher = extract_dino_state_dict(payload, source)
+            load_dino_state_dict(dino, state, key_check=self.config.dino_key_check, source=source, took_teacher=took_teacher)
+        except WeightsError as exc:
+            raise CheckpointError(str(exc)) from None
+        dino.set_finetune(self.config.dino_finetune)

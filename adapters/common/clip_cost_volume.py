@@ -10,13 +10,14 @@ the official checkpoint layout (`convert_official_state_dict` / `to_official_sta
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
 from torch import Tensor, nn
 
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError, first_line
 from ovbench.interface import IGNORE_INDEX, ConfiguredSegmenter, load_torch_file
+from ovbench_adapters.common.templates import resolve_templates
 from ovbench_methods.common.clip_cost_model import ClipCostVolumeConfig
 from ovbench_methods.common.errors import MethodConfigError, WeightsError
 from ovbench_methods.common.state_dict import state_dict_mismatch
@@ -37,8 +38,12 @@ class ClipCostVolumeSegmenter(ConfiguredSegmenter):
     #: how an official detectron2 file of this method is named in messages.
     official_checkpoint_name: ClassVar[str] = "official checkpoint"
 
+    #: the method's builder, `build(config, templates=..., trusted=...)`, from ovbench_methods.
+    build_method_model: ClassVar[Callable[..., nn.Module]]
+
     def build_model(self, config: Any, trusted: bool) -> nn.Module:
-        raise NotImplementedError
+        # Template-set names ovbench keeps as data (configs/vocab/) become their template lists here.
+        return type(self).build_method_model(config, templates=resolve_templates(config.templates), trusted=trusted)
 
     @staticmethod
     def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
