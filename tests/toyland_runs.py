@@ -14,7 +14,9 @@ from ovbench.eval.metrics import ConfusionMatrix
 #: mIoU on urban / flood / objects. Majority class: 9.41 / 4.70 / 8.44. Flood queries mostly
 #: training names and is always well above the baseline; urban and objects query names
 #: toyland-train never uses, which a random-init text tower cannot relate to the trained ones,
-#: so there the result depends on where the seed happens to put those names.
+#: so there the result depends on where the seed happens to put those names. The figures depend
+#: on the thread count too (summation order): with today's code GSNet seed 0 gives 4.26 / 4.01 /
+#: 11.94 on 2 threads and 4.93 / 18.48 / 9.33 with OMP_NUM_THREADS=1.
 REFERENCE_RUNS = {
     ("catseg", 0): (28.42, 24.90, 16.27),
     ("catseg", 1): (9.09, 16.19, 16.28),
