@@ -45,11 +45,6 @@ DEFAULT_BENCHMARK = "toyland"
 #: the paper's benchmark: what `run` and `eval` choose instead once a data root is configured
 REAL_BENCHMARK = "ovrsiss"
 
-#: name -> YAML file of the flat folders configs/datasets, benchmarks, protocols, experiments
-_config_files = config_files
-#: the "unknown NAME (did you mean ...); available: ..." RegistryError
-_unknown = unknown_name_error
-
 
 def build_inference(config: InferenceConfig):
     """`ovbench.eval.inference.build_inference`, imported on use (it needs torch)."""
@@ -120,7 +115,7 @@ def adapter_class(name: str) -> type:
     else:
         plugins = _entry_point_adapters()
         if name not in plugins:
-            raise _unknown("adapter", name, adapter_names())
+            raise unknown_name_error("adapter", name, adapter_names())
         try:
             cls = plugins[name].load()
         except Exception as exc:  # a broken plugin must not take the CLI down with a traceback
@@ -196,7 +191,7 @@ def _raw_method_config(name: str, _chain: tuple[str, ...] = ()) -> dict[str, Any
         cls = adapter_class(name)
         return deep_merge({"adapter": name}, dict(getattr(cls, "default_method_config", {}) or {}))
     else:
-        raise _unknown("method", name, method_names())
+        raise unknown_name_error("method", name, method_names())
     parent = raw.pop("inherit", None)
     if parent is None:
         return raw
@@ -304,7 +299,7 @@ class BenchmarkSpec:
 
 
 def benchmark_names() -> list[str]:
-    return sorted(_config_files("benchmarks"))
+    return sorted(config_files("benchmarks"))
 
 
 def load_benchmark(name: str) -> BenchmarkSpec:
@@ -339,7 +334,7 @@ class ProtocolSpec:
 
 
 def protocol_names() -> list[str]:
-    return sorted(_config_files("protocols"))
+    return sorted(config_files("protocols"))
 
 
 def load_protocol(name: str) -> ProtocolSpec:
@@ -351,12 +346,12 @@ def load_protocol(name: str) -> ProtocolSpec:
 
 def experiment_names() -> list[str]:
     """The shipped experiments (configs/experiments/NAME.yaml: the paper's tables and figures)."""
-    return sorted(_config_files("experiments"))
+    return sorted(config_files("experiments"))
 
 
 def find_experiment(name: str | Path) -> Path:
     """An experiment file by name (`table2`) or by path; an unknown name lists the shipped ones."""
     text = str(name)
-    if text not in _config_files("experiments") and Path(text).is_file():
+    if text not in config_files("experiments") and Path(text).is_file():
         return Path(text)
     return find_config_file("experiments", "experiment", text, paths=True)[0]
