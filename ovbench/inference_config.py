@@ -21,6 +21,7 @@ class InferenceConfig:
     (short-side resized) input size, and the sliding window tiles that size directly.
     """
 
+    #: "whole" | "sliding" | "masks" (mask-classification methods: per-query classes and masks).
     mode: str = "whole"
     #: whole: the (h, w) the image is stretched to; sliding: the stretch before tiling.
     size: list[int] | None = field(default_factory=lambda: [640, 640])
@@ -38,6 +39,10 @@ class InferenceConfig:
     short_side: int | None = None
     #: cap on the long side for the short-side resize (ignored without short_side).
     max_size: int | None = None
+    #: whole: upsample the logits to `size` before the activation (CAT-Seg's whole-image path);
+    #: False activates at the model's output resolution and resizes the scores straight to
+    #: H x W (SED's official inference).
+    upsample_logits: bool = True
 
     @classmethod
     def catseg_sliding(cls) -> InferenceConfig:

@@ -91,7 +91,14 @@ class OpenVocabSegmenter(nn.Module, ABC):
         if self.inference is None:
             raise OvbenchError(f"{self.method_name or type(self).__name__}: no inference mode configured")
         with method_errors(self.display_name):
+            if getattr(self.inference, "wants_masks", False):
+                return self.inference(lambda views: self.forward_masks(views, vocabulary), images)
             return self.inference(lambda views: self.forward_logits(views, vocabulary), images)
+
+    def forward_masks(self, images: Tensor, vocabulary: Vocabulary) -> Any:
+        """Mask-classification methods: (N,3,h,w) -> `ovbench.eval.inference.MaskScores`, for
+        the "masks" inference mode. Other methods do not implement it."""
+        raise OvbenchError(f"{self.display_name} has no per-query masks; its YAML must not choose inference mode 'masks'")
 
     @property
     def display_name(self) -> str:

@@ -152,6 +152,10 @@ class MethodConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     #: the official COCO-Stuff checkpoint (`finetune` protocol)
     coco_checkpoint: PublishedCheckpoint | None = None
+    #: the authors' published COCO-Stuff training recipe, kept as data beside `train` (the
+    #: recipe ovbench runs on the benchmark's training set); no run reads it, it records where
+    #: the `train` figures came from.
+    coco_recipe: TrainConfig | None = None
     description: str = ""
     #: named overlays (e.g. `tiny` for toyland and tests) applied on request
     scales: dict[str, Any] = field(default_factory=dict)

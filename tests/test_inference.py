@@ -14,6 +14,8 @@ from ovbench.errors import ConfigError, OvbenchError
 from ovbench.eval.inference import (
     InferenceConfig,
     InferenceMode,
+    MaskClassification,
+    MaskScores,
     SlidingWindow,
     WholeImage,
     build_inference,
@@ -239,6 +241,78 @@ def test_whole_image_equals_manual_recipe() -> None:
     torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
 
 
+def test_whole_image_without_logit_upsampling_activates_at_model_resolution() -> None:
+    """SED's order: sigmoid on the model's own output grid, then one resize to H x W."""
+    model = random_conv_model(stride=4)
+    images = random_images(1, 50, 75)
+    with torch.no_grad():
+        got = WholeImage(size=(64, 96), activation="sigmoid", upsample_logits=False)(model, images)
+        resized = F.interpolate(images, size=(64, 96), mode="bilinear", align_corners=False)
+        expected = F.interpolate(model(resized).sigmoid(), size=(50, 75), mode="bilinear", align_corners=False)
+        upsampled_first = WholeImage(size=(64, 96), activation="sigmoid")(model, images)
+    torch.testing.assert_close(got, expected, atol=1e-6, rtol=0)
+    assert (got - upsampled_first).abs().max() > 1e-4  # the two orders really differ
+
+
+class FixedMasksForward:
+    """A mask-classification forward: Q random masks at 1/4 of a canvas padded to x8."""
+
+    def __init__(self, queries: int = 3, classes: int = NUM_CLASSES, seed: int = 0):
+        self.queries, self.classes, self.seed = queries, classes, seed
+        self.calls: list[tuple[int, ...]] = []
+
+    def __call__(self, views: Tensor) -> MaskScores:
+        self.calls.append(tuple(views.shape))
+        generator = torch.Generator().manual_seed(self.seed)
+        n, _, h, w = views.shape
+        padded = (-(-h // 8) * 8, -(-w // 8) * 8)
+        probs = torch.rand(n, self.queries, self.classes, generator=generator)
+        masks = torch.randn(n, self.queries, padded[0] // 4, padded[1] // 4, generator=generator)
+        return MaskScores(probs, masks, padded)
+
+
+def test_mask_classification_resizes_masks_before_combining_them() -> None:
+    """Masks -> padded canvas -> crop to the (resized) view -> original size -> sigmoid, then
+    sum_q p(q, t) * m(q): SAN's post-processing before semantic inference."""
+    forward = FixedMasksForward()
+    images = random_images(2, 45, 70)
+    got = MaskClassification(short_side=30, max_size=1000)(forward, images)
+    view = shortest_edge_size(45, 70, 30, 1000)
+    assert forward.calls == [(2, 3, *view)]
+    out = forward(F.interpolate(images, size=view, mode="bilinear", align_corners=False, antialias=True))
+    masks = F.interpolate(out.mask_logits, size=out.padded_size, mode="bilinear", align_corners=False)
+    masks = F.interpolate(masks[..., : view[0], : view[1]], size=(45, 70), mode="bilinear", align_corners=False)
+    expected = torch.zeros(2, NUM_CLASSES, 45, 70)
+    for q in range(3):
+        expected += out.class_probs[:, q, :, None, None] * masks[:, q : q + 1].sigmoid()
+    assert got.shape == (2, NUM_CLASSES, 45, 70)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_mask_classification_chunks_classes_without_changing_scores(monkeypatch) -> None:
+    import ovbench.eval.inference as inference
+
+    images = random_images(1, 40, 40)
+    whole = MaskClassification(short_side=None)(FixedMasksForward(classes=7), images)
+    monkeypatch.setattr(inference, "SCORE_CHUNK_ELEMENTS", 2 * 40 * 40)
+    chunked = MaskClassification(short_side=None)(FixedMasksForward(classes=7), images)
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)  # einsum sums in another order
+
+
+def test_mask_classification_refuses_plain_logits() -> None:
+    with pytest.raises(RuntimeError, match="MaskScores"):
+        MaskClassification(short_side=None)(random_conv_model(), random_images(1, 16, 16))
+    bad = lambda views: MaskScores(torch.rand(1, 3, 2), torch.rand(1, 4, 4, 4), (16, 16))  # noqa: E731
+    with pytest.raises(RuntimeError, match="same N and Q"):
+        MaskClassification(short_side=None)(bad, random_images(1, 16, 16))
+
+
+def test_masks_mode_is_built_from_config() -> None:
+    mode = build_inference(InferenceConfig(mode="masks", short_side=640, max_size=2560))
+    assert isinstance(mode, MaskClassification) and (mode.short_side, mode.max_size) == (640, 2560)
+    assert mode.wants_masks
+
+
 def test_softmax_scores_sum_to_one_per_pixel() -> None:
     with torch.no_grad():
         out = WholeImage(size=(32, 32), activation="softmax")(random_conv_model(), random_images(2, 41, 23))
@@ -302,6 +376,8 @@ def test_catseg_preset_is_the_official_recipe() -> None:
         ({"mode": "sliding", "size": [640, 300]}, "window"),
         ({"short_side": 0}, "short_side"),
         ({"short_side": 640, "max_size": -1}, "max_size"),
+        ({"upsample_logits": "no"}, "upsample_logits"),
+        ({"mode": "masks", "short_side": -640}, "short_side"),
     ],
 )
 def test_bad_config_raises_config_error_naming_the_field(overrides: dict, field: str) -> None:

@@ -10,6 +10,10 @@ Two recipes matter for the paper's tables:
 
 * `WholeImage`: optionally resize the short side (detectron2's test mapper), stretch to a
   fixed size, forward, upsample, activate, resize to H x W (SED: 768^2 and sigmoid).
+* `MaskClassification`: the mask-classification methods (SAN, OV-Seg, SCAN, EBSeg): the
+  forward returns per-query class probabilities and mask logits (`MaskScores`); the masks
+  are brought to the input resolution first and combined with the classes there, as
+  detectron2's semantic post-processing does when it runs before inference.
 * `SlidingWindow`: the CAT-Seg / GSNet evaluation
   (docs/datasets.md#sliding-window-protocol): stretch to 640 x 640, cut 384^2 tiles at
   stride 256 plus a 384^2 global view, run every view of every image in one batched forward,
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from itertools import repeat
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +40,8 @@ __all__ = [
     "Forward",
     "InferenceConfig",
     "InferenceMode",
+    "MaskClassification",
+    "MaskScores",
     "SlidingWindow",
     "WholeImage",
     "build_inference",
@@ -48,7 +54,7 @@ __all__ = [
 Forward = Callable[[Tensor], Tensor]
 
 #: Names accepted by `InferenceConfig.mode`.
-MODES = ("whole", "sliding")
+MODES = ("whole", "sliding", "masks")
 #: Names accepted by `InferenceConfig.activation`; applied per view, before any averaging.
 ACTIVATIONS = ("none", "sigmoid", "softmax")
 
@@ -130,7 +136,9 @@ class WholeImage:
 
     Steps: optional short-side resize, bilinear stretch to `size`, forward, bilinear upsample
     of the logits to `size`, activation, bilinear resize to the original H x W. With `size`
-    None the forward sees the (short-side resized) image as it is.
+    None the forward sees the (short-side resized) image as it is. With `upsample_logits`
+    False the activation runs on the logits at the model's own resolution, which are then
+    resized straight to H x W (SED's official order).
     """
 
     def __init__(
@@ -139,10 +147,14 @@ class WholeImage:
         activation: str = "none",
         short_side: int | None = None,
         max_size: int | None = None,
+        upsample_logits: bool = True,
     ):
         self.size: Size | None = None if size is None else _parse_size(size)
         self.activation = _parse_activation(activation)
         self.short_side, self.max_size = _parse_short_side(short_side, max_size)
+        if not isinstance(upsample_logits, bool):
+            raise ConfigError(f"inference upsample_logits must be true or false, got {upsample_logits!r}")
+        self.upsample_logits = upsample_logits
 
     def __call__(self, forward: Forward, images: Tensor) -> Tensor:
         """(B,3,H,W) float RGB in 0..255 -> (B,T,H,W) scores."""
@@ -152,15 +164,75 @@ class WholeImage:
         view_size = self.size or _spatial(prepared)
         logits = _call_forward(forward, _resize(prepared, view_size), "whole-image views")
         batch, classes = logits.shape[:2]
-        chunks = _class_chunks(classes, batch * view_size[0] * view_size[1])
-        scores = _upsampled_scores(logits, view_size, self.activation, chunks)
+        activation_size = view_size if self.upsample_logits else _spatial(logits)
+        chunks = _class_chunks(classes, batch * activation_size[0] * activation_size[1])
+        scores = _upsampled_scores(logits, activation_size, self.activation, chunks)
         return _assemble(chunks, (_resize(part, (height, width)) for part in scores))
 
     def __repr__(self) -> str:
         return (
             f"WholeImage(size={self.size}, activation={self.activation!r}, "
-            f"short_side={self.short_side}, max_size={self.max_size})"
+            f"short_side={self.short_side}, max_size={self.max_size}, upsample_logits={self.upsample_logits})"
         )
+
+
+class MaskScores(NamedTuple):
+    """What a mask-classification forward returns for a batch of N views.
+
+    `class_probs` (N, Q, T): each query's probability for each queried class (no-object
+    column already removed, any method-specific calibration applied); `mask_logits`
+    (N, Q, h, w): each query's mask over the padded canvas of `padded_size` (Hp, Wp), whose
+    top-left (h_in, w_in) corner is the view the forward was given.
+    """
+
+    class_probs: Tensor
+    mask_logits: Tensor
+    padded_size: Size
+
+
+class MaskClassification:
+    """Aspect-preserving single-scale inference of the mask-classification methods.
+
+    Steps (SAN's official test path, no tiling): optional
+    short-side resize (detectron2 test mapper), forward on the resized image, bilinear
+    upsample of the mask logits to the padded canvas, crop to the resized image, bilinear
+    resize to the original H x W, sigmoid, then scores = sum over queries of class
+    probability x mask probability. The masks are brought to full resolution before they
+    are combined, as detectron2's semantic post-processing does "before inference".
+    Classes are combined in chunks, so memory is the output, the Q full-size masks and one
+    chunk, whatever T.
+    """
+
+    #: the segmenter's predict hands this mode its `forward_masks`, not `forward_logits`.
+    wants_masks = True
+
+    def __init__(self, short_side: int | None = 640, max_size: int | None = 2560):
+        self.short_side, self.max_size = _parse_short_side(short_side, max_size)
+
+    def __call__(self, forward: Callable[[Tensor], MaskScores], images: Tensor) -> Tensor:
+        """(B,3,H,W) float RGB in 0..255 -> (B,T,H,W) scores."""
+        images = _check_images(images)
+        height, width = images.shape[-2:]
+        prepared = _resize_short_side(images, self.short_side, self.max_size)
+        out = forward(prepared)
+        if not isinstance(out, MaskScores):
+            raise LogitsShapeError(f"the masks forward must return MaskScores, got {type(out).__name__}")
+        probs, masks = out.class_probs, out.mask_logits
+        if probs.ndim != 3 or masks.ndim != 4 or probs.shape[:2] != masks.shape[:2] or probs.shape[0] != images.shape[0]:
+            raise LogitsShapeError(
+                f"MaskScores of {images.shape[0]} views must hold class_probs (N,Q,T) and mask_logits (N,Q,h,w) "
+                f"with the same N and Q; got {tuple(probs.shape)} and {tuple(masks.shape)}"
+            )
+        in_h, in_w = _spatial(prepared)
+        masks = _resize(masks.float(), tuple(out.padded_size))[..., :in_h, :in_w]
+        masks = _resize(masks, (height, width)).sigmoid()
+        probs = probs.float()
+        classes = probs.shape[-1]
+        chunks = _class_chunks(classes, images.shape[0] * height * width)
+        return _assemble(chunks, (torch.einsum("nqt,nqhw->nthw", probs[..., part], masks) for part in chunks))
+
+    def __repr__(self) -> str:
+        return f"MaskClassification(short_side={self.short_side}, max_size={self.max_size})"
 
 
 class SlidingWindow:
@@ -305,7 +377,10 @@ def build_inference(config: InferenceConfig) -> InferenceMode:
             activation=config.activation,
             short_side=config.short_side,
             max_size=config.max_size,
+            upsample_logits=config.upsample_logits,
         )
+    if config.mode == "masks":
+        return MaskClassification(short_side=config.short_side, max_size=config.max_size)
     if config.mode == "sliding":
         return SlidingWindow(
             size=config.size,

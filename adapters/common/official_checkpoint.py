@@ -1,0 +1,86 @@
+"""Checkpoint loading every adapter with released official weights shares: one `load_checkpoint`
+that takes an ovbench checkpoint, a bare state dict, or the authors' own file, whose keys the
+adapter converts (`convert_official_state_dict`); strict, with one error line on any mismatch.
+
+Subclasses say how an official file is recognised (`official_prefixes`: a file with a key
+starting with one of them is official), how to name it in messages (`official_checkpoint_name`),
+which buffers an official file may lack because they follow from the configuration
+(`derived_buffers`), and supply the two converters as static methods.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Mapping
+
+from torch import Tensor
+
+from ovbench.errors import CheckpointError, first_line
+from ovbench.interface import ConfiguredSegmenter, load_torch_file
+from ovbench_methods.common.errors import MethodConfigError, WeightsError
+from ovbench_methods.common.state_dict import state_dict_mismatch
+
+__all__ = ["OfficialCheckpointSegmenter"]
+
+
+class OfficialCheckpointSegmenter(ConfiguredSegmenter):
+    """A configured segmenter that also loads its authors' checkpoints (see module docstring)."""
+
+    #: key prefixes that mark a file as the authors' (detectron2 files: "sem_seg_head.").
+    official_prefixes: ClassVar[tuple[str, ...]] = ("sem_seg_head.",)
+    #: how an official file of this method is named in messages.
+    official_checkpoint_name: ClassVar[str] = "official checkpoint"
+    #: key suffixes of buffers computed from the configuration alone (e.g. Swin shift masks):
+    #: a file without them loses nothing, so they are taken from the built model.
+    derived_buffers: ClassVar[tuple[str, ...]] = ()
+
+    @staticmethod
+    def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
+        """The authors' keys -> this adapter's model keys."""
+        raise NotImplementedError
+
+    @staticmethod
+    def to_official_state_dict(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """This adapter's model keys -> the authors' layout (inverse of the above)."""
+        raise NotImplementedError
+
+    def is_official_state(self, state: Mapping[str, Any]) -> bool:
+        return any(isinstance(key, str) and key.startswith(self.official_prefixes) for key in state)
+
+    def load_checkpoint(self, path: str | Path, trusted: bool = False) -> None:
+        """Load an ovbench checkpoint ({"model": segmenter state}), a bare model state dict or
+        the authors' file ({"model": {official keys}} or the bare official dict); strict."""
+        self._load_payload(load_torch_file(path, trusted=trusted), path)
+
+    def _load_payload(self, payload: Any, path: str | Path) -> None:
+        state = payload.get("model", payload) if isinstance(payload, Mapping) else None
+        if not isinstance(state, Mapping) or not state:
+            raise CheckpointError(f"{path}: not a state dict or a {{'model': state_dict}} checkpoint")
+        if self.is_official_state(state):
+            try:
+                model_state = self.convert_official_state_dict(state)
+            except (MethodConfigError, WeightsError) as exc:  # a file whose tensors cannot be converted
+                raise CheckpointError(f"{path}: {first_line(exc)}") from None
+            source = self.official_checkpoint_name
+        elif all(isinstance(key, str) and key.startswith("model.") for key in state):
+            model_state = {key[len("model.") :]: value for key, value in state.items()}
+            source = "ovbench checkpoint"
+        else:
+            model_state = dict(state)
+            source = "state dict"
+        self._load_model_state(model_state, f"{path} ({source})")
+
+    def _load_model_state(self, state: Mapping[str, Any], source: str) -> None:
+        expected = self.model.state_dict()
+        state = dict(state)
+        if self.derived_buffers:
+            for key in expected:
+                if key.endswith(self.derived_buffers) and key not in state:
+                    state[key] = expected[key]
+        mismatch = state_dict_mismatch(state, expected)
+        if mismatch:
+            raise CheckpointError(f"{source} does not fit this {self.method_name} configuration: {mismatch}")
+        try:
+            self.model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:  # e.g. a non-tensor value where a tensor belongs
+            raise CheckpointError(f"{source} does not fit this {self.method_name} configuration: {first_line(exc)}") from None
