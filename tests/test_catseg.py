@@ -290,7 +290,8 @@ def test_published_recipe_and_remoteclip_variant_changes_only_its_clip(catseg_re
     assert full["model"]["arch"] == "ViT-B-16" and full["model"]["image_size"] == [384, 384]
     assert full["inference"] == {**full["inference"], "mode": "sliding", "size": [640, 640], "window": 384, "stride": 256,
                                  "global_view": 384, "activation": "sigmoid", "short_side": 640, "max_size": 2560}
-    assert full["train"]["iters"] == 80000 and full["train"]["grad_clip"] == 0.01
+    assert full["train"]["iters"] == 30000 and full["train"]["grad_clip"] == 0.01
+    assert full["coco_recipe"]["iters"] == 80000 and full["coco_recipe"]["batch_size"] == 4
     assert full["coco_checkpoint"]["file"] == "model_base.pth"
     remote = registry.resolve_method("catseg-remoteclip").as_dict()
     changed = {k for k in full["model"] if remote["model"][k] != full["model"][k]}
