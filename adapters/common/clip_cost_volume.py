@@ -1,22 +1,22 @@
 """What the CAT-Seg and GSNet adapters share: a segmenter base that maps the interface onto
-`ovbench_methods.common.clip_cost_model.SplitClipCostModel` (class names, per-pixel BCE, the
-official optimiser groups, strict checkpoint loading of ovbench and detectron2 files).
+`ovbench_methods.common.clip_cost_model.SplitClipCostModel` (per-pixel BCE, the official
+optimiser groups; building, class names and checkpoint loading come from
+`OfficialCheckpointSegmenter`).
 
 Subclasses name the method (`method_name`), point at its config dataclass (`config_class`,
-defined next to the model in `ovbench_methods`), build the model (`build_model`) and convert
+defined next to the model in `ovbench_methods`), its builder (`build_method_model`) and convert
 the official checkpoint layout (`convert_official_state_dict` / `to_official_state_dict`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.interface import IGNORE_INDEX
 from ovbench_adapters.common.official_checkpoint import OfficialCheckpointSegmenter
-from ovbench_adapters.common.templates import resolve_templates
 from ovbench_methods.common.clip_cost_model import ClipCostVolumeConfig
 
 __all__ = ["ClipCostVolumeSegmenter", "OFFICIAL_PREFIX"]
@@ -34,18 +34,6 @@ class ClipCostVolumeSegmenter(OfficialCheckpointSegmenter):
     #: The shifted-window masks are persistent buffers (official files carry them) but a
     #: function of the configuration only.
     derived_buffers: ClassVar[tuple[str, ...]] = (".attn_mask",)
-
-    #: the method's builder, `build(config, templates=..., trusted=...)`, from ovbench_methods.
-    build_method_model: ClassVar[Callable[..., nn.Module]]
-
-    def build_model(self, config: Any, trusted: bool) -> nn.Module:
-        # Template-set names ovbench keeps as data (configs/vocab/) become their template lists here.
-        return type(self).build_method_model(config, templates=resolve_templates(config.templates), trusted=trusted)
-
-    @staticmethod
-    def class_names(vocabulary: Vocabulary) -> tuple[tuple[str, ...], ...]:
-        """Each class as (name, *synonyms); the model keeps the first unless told to average."""
-        return tuple(cls.all_names for cls in vocabulary)
 
     def forward_logits(self, images: Tensor, vocabulary: Vocabulary) -> Tensor:
         """(N,3,h,w) float RGB in 0..255 -> (N,T,h',w') logits (96^2 for a 384^2 view)."""

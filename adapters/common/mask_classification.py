@@ -18,15 +18,14 @@ CLIP ensemble, EBSeg's seen/unseen balancing) override `class_probabilities`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.eval.inference import MaskClassification, MaskScores
 from ovbench.interface import IGNORE_INDEX
 from ovbench_adapters.common.official_checkpoint import OfficialCheckpointSegmenter
-from ovbench_adapters.common.templates import resolve_templates
 from ovbench_methods.common.mask_semantic import semantic_to_instance_targets
 
 __all__ = ["MaskClassificationSegmenter"]
@@ -39,18 +38,6 @@ class MaskClassificationSegmenter(OfficialCheckpointSegmenter):
     """Interface half shared by the mask-classification segmenters (see module docstring)."""
 
     method_name: ClassVar[str] = "mask-classification"
-
-    #: the method's builder, `build(config, templates=..., trusted=...)`, from ovbench_methods.
-    build_method_model: ClassVar[Callable[..., nn.Module]]
-
-    def build_model(self, config: Any, trusted: bool) -> nn.Module:
-        # Template-set names ovbench keeps as data (configs/vocab/) become their template lists here.
-        return type(self).build_method_model(config, templates=resolve_templates(config.templates), trusted=trusted)
-
-    @staticmethod
-    def class_names(vocabulary: Vocabulary) -> tuple[tuple[str, ...], ...]:
-        """Each class as (name, *synonyms); the model decides how to use the synonyms."""
-        return tuple(cls.all_names for cls in vocabulary)
 
     def class_probabilities(self, prediction: Any) -> Tensor:
         """(N,Q,T) per-query class probabilities: softmax over T + no-object, no-object dropped."""

@@ -1,6 +1,12 @@
-"""Checkpoint loading every adapter with released official weights shares: one `load_checkpoint`
-that takes an ovbench checkpoint, a bare state dict, or the authors' own file, whose keys the
-adapter converts (`convert_official_state_dict`); strict, with one error line on any mismatch.
+"""The base of the adapters whose models live in `ovbench_methods` and whose authors released
+weights (CAT-Seg, GSNet, SAN, SED, ...):
+
+- building: the method's builder (`build_method_model(config, templates=..., trusted=...)`)
+  with template-set names ovbench keeps as data resolved to their lists;
+- class names: each vocabulary class as (name, *synonyms), the model decides what to use;
+- checkpoints: one `load_checkpoint` that takes an ovbench checkpoint, a bare state dict, or
+  the authors' own file, whose keys the adapter converts (`convert_official_state_dict`);
+  strict, with one error line on any mismatch.
 
 Subclasses say how an official file is recognised (`official_prefixes`: a file with a key
 starting with one of them is official), how to name it in messages (`official_checkpoint_name`),
@@ -11,12 +17,14 @@ which buffers an official file may lack because they follow from the configurati
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Mapping
 
-from torch import Tensor
+from torch import Tensor, nn
 
+from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import CheckpointError, first_line
 from ovbench.interface import ConfiguredSegmenter, load_torch_file
+from ovbench_adapters.common.templates import resolve_templates
 from ovbench_methods.common.errors import MethodConfigError, WeightsError
 from ovbench_methods.common.state_dict import state_dict_mismatch
 
@@ -33,6 +41,17 @@ class OfficialCheckpointSegmenter(ConfiguredSegmenter):
     #: key suffixes of buffers computed from the configuration alone (e.g. Swin shift masks):
     #: a file without them loses nothing, so they are taken from the built model.
     derived_buffers: ClassVar[tuple[str, ...]] = ()
+    #: the method's builder, `build(config, templates=..., trusted=...)`, from ovbench_methods.
+    build_method_model: ClassVar[Callable[..., nn.Module]]
+
+    def build_model(self, config: Any, trusted: bool) -> nn.Module:
+        # Template-set names ovbench keeps as data (configs/vocab/) become their template lists here.
+        return type(self).build_method_model(config, templates=resolve_templates(config.templates), trusted=trusted)
+
+    @staticmethod
+    def class_names(vocabulary: Vocabulary) -> tuple[tuple[str, ...], ...]:
+        """Each class as (name, *synonyms); the model decides whether to use the synonyms."""
+        return tuple(cls.all_names for cls in vocabulary)
 
     @staticmethod
     def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
