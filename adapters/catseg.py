@@ -14,6 +14,7 @@ from typing import Any, Mapping
 from torch import Tensor
 
 from ovbench_adapters.common.clip_cost_volume import ClipCostVolumeSegmenter
+from ovbench_adapters.common.official_checkpoint import detectron2_clip_renames, inverse_renames, rename_prefixes
 from ovbench_methods.catseg.config import CatSegConfig
 from ovbench_methods.catseg.model import CatSegModel, build_catseg_model
 from ovbench_methods.common.clip_qkv import split_packed_qkv
@@ -24,10 +25,10 @@ __all__ = ["CatSegConfig", "CatSegSegmenter", "convert_official_state_dict", "to
 #: (docs/methods/catseg.md#module-and-state-dict-correspondence).
 OFFICIAL_CLIP_PREFIX = "sem_seg_head.predictor.clip_model."
 OFFICIAL_HEAD_PREFIX = "sem_seg_head.predictor.transformer."
-#: Keys of an OpenAI CLIP that belong to its text tower (the rest is `visual.*`).
-TEXT_TOWER_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
 #: Official CLIP entries CAT-Seg never uses; dropped on load.
-UNUSED_CLIP_KEYS = ("logit_scale",)
+UNUSED_CLIP_KEYS = (OFFICIAL_CLIP_PREFIX + "logit_scale",)
+#: Official prefix -> model prefix; ``upsample1/2.*`` keep their names.
+RENAMES = detectron2_clip_renames(OFFICIAL_CLIP_PREFIX, OFFICIAL_HEAD_PREFIX)
 
 
 def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
@@ -39,39 +40,13 @@ def convert_official_state_dict(state: Mapping[str, Any]) -> dict[str, Any]:
     ``in_proj_weight`` entries (an OpenAI-layout CLIP) are split into q/k/v. Keys that fit
     none of these are passed through unchanged, so that the loader reports them.
     """
-    converted: dict[str, Any] = {}
-    for key, value in state.items():
-        if key.startswith(OFFICIAL_CLIP_PREFIX):
-            rest = key[len(OFFICIAL_CLIP_PREFIX) :]
-            if rest in UNUSED_CLIP_KEYS:
-                continue
-            if rest.startswith("visual."):
-                converted["image_encoder." + rest] = value
-            elif rest.startswith(TEXT_TOWER_PREFIXES):
-                converted["text_encoder." + rest] = value
-            else:
-                converted[key] = value
-        elif key.startswith(OFFICIAL_HEAD_PREFIX):
-            converted["transformer." + key[len(OFFICIAL_HEAD_PREFIX) :]] = value
-        else:
-            converted[key] = value
-    return split_packed_qkv(converted)
+    return split_packed_qkv(rename_prefixes(state, RENAMES, drop=UNUSED_CLIP_KEYS))
 
 
 def to_official_state_dict(model_state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """`CatSegModel` keys -> the official detectron2 layout (inverse of `convert_official_state_dict`,
     without ``logit_scale``); used to export weights for the authors' code and by the tests."""
-    official: dict[str, Tensor] = {}
-    for key, value in model_state.items():
-        if key.startswith("image_encoder."):
-            official[OFFICIAL_CLIP_PREFIX + key[len("image_encoder.") :]] = value
-        elif key.startswith("text_encoder."):
-            official[OFFICIAL_CLIP_PREFIX + key[len("text_encoder.") :]] = value
-        elif key.startswith("transformer."):
-            official[OFFICIAL_HEAD_PREFIX + key[len("transformer.") :]] = value
-        else:
-            official[key] = value
-    return official
+    return rename_prefixes(model_state, inverse_renames(RENAMES))
 
 
 class CatSegSegmenter(ClipCostVolumeSegmenter):

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.interface import IGNORE_INDEX
+from ovbench_adapters.common.param_groups import head_and_clip_groups
 from ovbench_adapters.common.official_checkpoint import OfficialCheckpointSegmenter
 from ovbench_methods.common.clip_cost_model import ClipCostVolumeConfig
 
@@ -49,11 +50,6 @@ class ClipCostVolumeSegmenter(OfficialCheckpointSegmenter):
     def param_groups(self, base_lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """New modules at base_lr; trainable CLIP weights at base_lr x clip_multiplier; frozen
         weights (GSNet's RSIB) in no group."""
-        groups = []
-        head = self.model.head_parameters()
-        clip = self.model.clip_parameters()
-        if head:
-            groups.append({"params": head, "lr": base_lr, "weight_decay": weight_decay})
-        if clip:
-            groups.append({"params": clip, "lr": base_lr * float(self.config.clip_multiplier), "weight_decay": weight_decay})
-        return groups
+        return head_and_clip_groups(
+            self.model.head_parameters(), self.model.clip_parameters(), base_lr, weight_decay, self.config.clip_multiplier
+        )

@@ -17,7 +17,7 @@ which buffers an official file may lack because they follow from the configurati
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping
+from typing import Any, Callable, ClassVar, Collection, Mapping, Sequence
 
 from torch import Tensor, nn
 
@@ -28,7 +28,13 @@ from ovbench_adapters.common.templates import resolve_templates
 from ovbench_methods.common.errors import MethodConfigError, WeightsError
 from ovbench_methods.common.state_dict import state_dict_mismatch
 
-__all__ = ["OfficialCheckpointSegmenter"]
+__all__ = [
+    "CLIP_TEXT_TOWER_PREFIXES",
+    "OfficialCheckpointSegmenter",
+    "detectron2_clip_renames",
+    "inverse_renames",
+    "rename_prefixes",
+]
 
 
 class OfficialCheckpointSegmenter(ConfiguredSegmenter):
@@ -103,3 +109,42 @@ class OfficialCheckpointSegmenter(ConfiguredSegmenter):
             self.model.load_state_dict(state, strict=True)
         except RuntimeError as exc:  # e.g. a non-tensor value where a tensor belongs
             raise CheckpointError(f"{source} does not fit this {self.method_name} configuration: {first_line(exc)}") from None
+
+
+def rename_prefixes(
+    state: Mapping[str, Any], renames: Sequence[tuple[str, str]], drop: Collection[str] = ()
+) -> dict[str, Any]:
+    """Rename each key by the first (old prefix, new prefix) pair it starts with; keys listed in
+    `drop` are left out, and keys no pair fits are kept unchanged, so that the strict loader
+    names them. Swapping the pairs gives the inverse conversion."""
+    renamed: dict[str, Any] = {}
+    for key, value in state.items():
+        if key in drop:
+            continue
+        for old, new in renames:
+            if key.startswith(old):
+                key = new + key[len(old) :]
+                break
+        renamed[key] = value
+    return renamed
+
+
+def inverse_renames(renames: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The (new, old) pairs undoing `renames`."""
+    return [(new, old) for old, new in renames]
+
+
+def detectron2_clip_renames(clip_prefix: str, head_prefix: str, head_name: str = "transformer.") -> list[tuple[str, str]]:
+    """The renames of the detectron2 cost-volume layouts (CAT-Seg, GSNet, SED): the CLIP under
+    `clip_prefix` split into ``image_encoder.visual.*`` and the text tower ``text_encoder.*``,
+    and the head under `head_prefix` to `head_name`."""
+    return [
+        (clip_prefix + "visual.", "image_encoder.visual."),
+        *((clip_prefix + part, "text_encoder." + part) for part in CLIP_TEXT_TOWER_PREFIXES),
+        (head_prefix, head_name),
+    ]
+
+
+#: Keys of an OpenAI / open_clip CLIP that belong to its text tower (the rest is `visual.*`
+#: and `logit_scale`).
+CLIP_TEXT_TOWER_PREFIXES = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")

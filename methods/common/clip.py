@@ -69,6 +69,22 @@ class DenseImageFeatures:
     padded_size: tuple[int, int] | None = None
 
 
+def register_pixel_statistics(module: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Give an image encoder `pixel_mean` / `pixel_std` buffers (1,3,1,1) on the 0..255 scale;
+    not persistent: they are settings, not weights, and no official file holds them."""
+    module.register_buffer("pixel_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+    module.register_buffer("pixel_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+
+def normalize_pixels(module: nn.Module, images: Tensor, dtype: torch.dtype) -> Tensor:
+    """(N,3,H,W) RGB on the 0..255 scale -> (images - mean) / std of `module`'s statistics
+    (`register_pixel_statistics`), computed in float32 and returned in `dtype`."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise DenseClipError(f"expected images of shape (N,3,H,W), got {tuple(images.shape)}")
+    pixels = (images.float() - module.pixel_mean) / module.pixel_std
+    return pixels.to(dtype)
+
+
 def qkv_projections(attn: nn.Module) -> tuple[tuple[Tensor, Tensor | None], ...]:
     """The (weight, bias) pairs of the query, key and value projections of an attention layer.
 
@@ -128,10 +144,7 @@ class ClipImageEncoder(nn.Module):
         if getattr(visual, "attn_pool", None) is not None:
             raise DenseClipError("dense CLIP does not support attention-pooled image towers (CoCa-style attn_pool)")
         self.visual = visual
-        mean = torch.tensor(pixel_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(pixel_std, dtype=torch.float32).view(1, 3, 1, 1)
-        self.register_buffer("pixel_mean", mean, persistent=False)
-        self.register_buffer("pixel_std", std, persistent=False)
+        register_pixel_statistics(self, pixel_mean, pixel_std)
         # The resized table of a frozen pos-embed is a constant: keep the last one.
         self._pos_cache: tuple[tuple, Tensor] | None = None
 
@@ -177,10 +190,7 @@ class ClipImageEncoder(nn.Module):
     # ------------------------------------------------------------------ pixels
     def normalize(self, images: Tensor) -> Tensor:
         """(N,3,H,W) RGB on the 0..255 scale -> normalised pixels in the tower's dtype."""
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise DenseClipError(f"expected images of shape (N,3,H,W), got {tuple(images.shape)}")
-        pixels = (images.float() - self.pixel_mean) / self.pixel_std
-        return pixels.to(self.visual.conv1.weight.dtype)
+        return normalize_pixels(self, images, self.visual.conv1.weight.dtype)
 
     def fit_to_patches(self, pixels: Tensor) -> Tensor:
         """Stretch an input whose sides are not multiples of the patch size up to the next multiple.

@@ -487,14 +487,15 @@ class Up(nn.Module):
         self.conv = DoubleConv(up_channels + sum(widths), out_channels)
 
     def forward(self, x: Tensor, guidance: Tensor | Sequence[Tensor] | None = None) -> Tensor:
-        """x (B*T, in, h, w); guidance one map or a list of maps (B, g_i, 2h, 2w)."""
+        """x (B*T, in, h, w); guidance one map or a list of maps (B or B*T, g_i, 2h, 2w)."""
         x = self.up(x)
         maps = [] if guidance is None else [guidance] if isinstance(guidance, Tensor) else list(guidance)
         if len(maps) != len(self.guidance_channels):
             raise CostAggregationError(f"decoder stage expects {len(self.guidance_channels)} guidance maps, got {len(maps)}")
         if maps:
-            repeats = x.shape[0] // maps[0].shape[0]
-            x = torch.cat([x, *(g.repeat_interleave(repeats, dim=0) for g in maps)], dim=1)
+            # Per-image maps (B rows) are repeated for the T classes of each image; per-class
+            # maps (B*T rows, SED's cost guidance) are used as they are.
+            x = torch.cat([x, *(g.repeat_interleave(x.shape[0] // g.shape[0], dim=0) for g in maps)], dim=1)
         return self.conv(x)
 
 
