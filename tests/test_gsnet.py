@@ -69,7 +69,8 @@ def test_published_recipe():
     assert full["adapter"] == "gsnet"
     assert full["model"]["arch"] == "ViT-B-16" and full["model"]["dino_weights"] == "$RSIB_CKPT"
     assert full["inference"] == {"mode": "sliding", "size": [640, 640], "window": 384, "stride": 256, "global_view": 384,
-                                 "global_weight": 0.5, "activation": "sigmoid", "short_side": 640, "max_size": 2560}
+                                 "global_weight": 0.5, "activation": "sigmoid", "short_side": 640, "max_size": 2560,
+                                 "upsample_logits": True}
     train = full["train"]
     assert (train["iters"], train["batch_size"], train["grad_clip"], train["precision"]) == (30000, 4, 0.01, "fp32")
     assert {k: train["optimizer"][k] for k in ("lr", "weight_decay")} == {"lr": 0.0002, "weight_decay": 0.0001}
