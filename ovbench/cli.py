@@ -371,13 +371,17 @@ def benchmarks_command() -> None:
     stdout_console.print(table)
 
 
-def _mount_data_commands() -> None:
+def _mount_command_modules() -> None:
+    """Commands that live in their own modules (each registers on `app` or a sub-app)."""
     from ovbench.cli_data import data_app
+    from ovbench import cli_outputs, cli_predict, cli_results
 
     app.add_typer(data_app, name="data", help="Datasets: check, info, prepare raw releases, where to get them.")
+    for module in (cli_results, cli_outputs, cli_predict):
+        module.register(app)
 
 
-_mount_data_commands()
+_mount_command_modules()
 
 
 def _click_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...], type | None]:

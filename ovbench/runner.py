@@ -160,6 +160,27 @@ def _resolve(method: str, overrides: list[str], *, scale: str | None, benchmark_
     return resolved
 
 
+def load_segmenter(method: str, *, checkpoint: str | Path | None = None, scale: str | None = None,
+                   clip_weights: str | None = None, overrides: list[str] | None = None, device: str = "auto",
+                   trust_checkpoint: bool = False, seed: int = 0):
+    """A ready-to-predict segmenter, for commands that use a model without training it
+    (`predict`, `visualize`): resolved like `ovbench eval` resolves it, weights loaded, in eval
+    mode on the device. With no ``scale``, an ovbench checkpoint's own scale is used (a toyland
+    run's is tiny), else the published one. Returns ``(segmenter, resolved, device)``."""
+    if scale is None and checkpoint is not None:
+        origin = checkpoint_origin(checkpoint)
+        scale = (origin or {}).get("scale") or None
+    resolved = _resolve(method, list(overrides or []), scale=scale, benchmark_scale=None, clip_weights=clip_weights)
+    torch_device = resolve_device(device)
+    seed_everything(seed)
+    segmenter = build_segmenter(resolved, trust_checkpoints=trust_checkpoint)
+    if checkpoint is not None:
+        segmenter.load_checkpoint(Path(checkpoint), trusted=trust_checkpoint)
+    segmenter.to(torch_device)
+    segmenter.eval()
+    return segmenter, resolved, torch_device
+
+
 def evaluate_and_record(
     segmenter,
     datasets: list,

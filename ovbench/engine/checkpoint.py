@@ -83,7 +83,7 @@ def load_checkpoint(path: Path, trusted: bool = False) -> dict[str, Any]:
 
 def checkpoint_origin(path: str | Path) -> dict[str, Any] | None:
     """What run an ovbench training checkpoint came from ({protocol, train_set, iterations,
-    run_id, method, benchmark}), or None for any other file.
+    run_id, method, benchmark, scale}), or None for any other file.
 
     Memory-maps the file (torch's zip format) and reads only the small metadata entries, so
     it costs little even for a large checkpoint; anything unreadable counts as "not ours"
@@ -103,6 +103,7 @@ def checkpoint_origin(path: str | Path) -> dict[str, Any] | None:
         "benchmark": config.get("benchmark"),
         "train_set": config.get("train_set"),
         "iterations": payload.get("iteration"),
+        "scale": config.get("scale"),
     }
 
 

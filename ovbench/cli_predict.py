@@ -1,0 +1,9 @@
+"""`predict`: any vocabulary on any image or scene."""
+
+from __future__ import annotations
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add this module's commands to the `ovbench` app."""
