@@ -374,10 +374,10 @@ def benchmarks_command() -> None:
 def _mount_command_modules() -> None:
     """Commands that live in their own modules (each registers on `app` or a sub-app)."""
     from ovbench.cli_data import data_app
-    from ovbench import cli_outputs, cli_predict, cli_results
+    from ovbench import cli_outputs, cli_predict, cli_profile, cli_results
 
     app.add_typer(data_app, name="data", help="Datasets: check, info, prepare raw releases, where to get them.")
-    for module in (cli_results, cli_outputs, cli_predict):
+    for module in (cli_results, cli_outputs, cli_predict, cli_profile):
         module.register(app)
 
 
