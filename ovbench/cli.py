@@ -76,6 +76,7 @@ def eval_command(
     store: Optional[Path] = typer.Option(None, "--store", help="Results file (default $OVBENCH_HOME/results.jsonl)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
     seed: int = typer.Option(0, "--seed", help="Seed for anything initialised at random (weights not loaded from a file)."),
+    per_class: bool = typer.Option(False, "--per-class", help="Also print IoU and accuracy per class for each set."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. inference.mode=sliding eval.batch_size=2."),
 ) -> None:
     """Evaluate a method on every evaluation set of a benchmark and append one record per set.
@@ -102,7 +103,7 @@ def eval_command(
         seed=seed,
     )
     results = run_evaluation(request, stderr_console)
-    _print_results(f"{method} — mIoU per evaluation set", results)
+    _print_results(f"{method} — mIoU per evaluation set", results, per_class)
 
 
 @app.command("run")
@@ -133,6 +134,7 @@ def run_command(
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint", help="Load checkpoints without weights_only."),
     store: Optional[Path] = typer.Option(None, "--store", help="Results file (default $OVBENCH_HOME/results.jsonl)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars (for logs)."),
+    per_class: bool = typer.Option(False, "--per-class", help="Also print IoU and accuracy per class for each set."),
     overrides: Optional[List[str]] = typer.Argument(None, help="Config overrides, e.g. train.batch_size=8 train.optimizer.lr=1e-4."),
 ) -> None:
     """Train (or fine-tune) a method under a protocol, then evaluate it on every evaluation set.
@@ -163,7 +165,7 @@ def run_command(
         )
     outcome = run_training(request, stderr_console, resume=resume is not None)
     if outcome.results:
-        _print_results(f"{Path(request.method).stem if request.method.endswith('.yaml') else request.method} ({request.protocol}, {outcome.iterations} iterations) — run {outcome.run_id}", outcome.results)
+        _print_results(f"{Path(request.method).stem if request.method.endswith('.yaml') else request.method} ({request.protocol}, {outcome.iterations} iterations) — run {outcome.run_id}", outcome.results, per_class)
 
 
 @app.command("sweep")
@@ -213,7 +215,7 @@ def sweep_command(
     )
 
 
-def _print_results(title: str, results) -> None:
+def _print_results(title: str, results, per_class: bool = False) -> None:
     table = Table(title=title, title_justify="left")
     for column in ("evaluation set", "images", "mIoU", "mAcc", "pAcc", "fwIoU"):
         table.add_column(column, justify="left" if column == "evaluation set" else "right")
@@ -221,36 +223,81 @@ def _print_results(title: str, results) -> None:
         m = result.metrics
         table.add_row(result.dataset, str(result.num_images), f"{m.mIoU:.2f}", f"{m.mAcc:.2f}", f"{m.pAcc:.2f}", f"{m.fwIoU:.2f}")
     stdout_console.print(table)
+    if not per_class:
+        return
+    for result in results:
+        classes = Table(title=f"{result.dataset} — IoU / Acc per class (blank: no ground-truth pixels)", title_justify="left")
+        for column in ("class", "IoU", "Acc"):
+            classes.add_column(column, justify="left" if column == "class" else "right")
+        for name, iou in result.metrics.per_class_iou.items():
+            acc = result.metrics.per_class_acc.get(name)
+            classes.add_row(name, "" if iou is None else f"{iou:.2f}", "" if acc is None else f"{acc:.2f}")
+        stdout_console.print(classes)
 
 
 @app.command("table")
 def table_command(
+    kind: str = typer.Option(
+        "all", "--kind", "-k",
+        help="all (every configuration, the default), main (Table 2), ablation (Table 3), trainset (Table 4), "
+             "size (Fig. 5's numbers) or classes (per-class IoU with seen / unseen / hIoU).",
+    ),
     fmt: str = typer.Option("plain", "--format", "-f", help="markdown, latex, csv or plain."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write the table to this file instead of stdout."),
-    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Only records of this benchmark."),
+    benchmark: Optional[str] = typer.Option(None, "--benchmark", help="Only records of this benchmark (study kinds: default ovrsiss, else the one present)."),
     protocol: Optional[str] = typer.Option(None, "--protocol", help="Only records of this protocol."),
-    method: Optional[str] = typer.Option(None, "--method", help="Only records of this method."),
+    method: Optional[str] = typer.Option(None, "--method", help="Only records of this method (ablation/trainset/size: the method studied, default gsnet)."),
+    eval_set: Optional[str] = typer.Option(None, "--eval-set", help="classes: only this evaluation set (default: one table per set)."),
     metric: str = typer.Option("mIoU", "--metric", help="mIoU, mAcc, pAcc or fwIoU."),
-    precision: int = typer.Option(1, "--precision", help="Decimals shown."),
+    precision: int = typer.Option(2, "--precision", help="Decimals shown (the paper's two by default)."),
+    reported: bool = typer.Option(False, "--reported", help="Put the paper's published rows beside the reproduced ones, with the delta."),
+    ci: bool = typer.Option(False, "--ci", help="Add bootstrap 95%% intervals over images (from the per-image counts)."),
+    resamples: int = typer.Option(1000, "--resamples", help="Bootstrap resamples for --ci."),
     store: Optional[Path] = typer.Option(None, "--store", help="Results file (default $OVBENCH_HOME/results.jsonl)."),
 ) -> None:
-    """Render the results store as a methods x evaluation sets table (mean ± std over seeds, Avg column).
+    """Render the results store as tables: every configuration (default), or the study's tables.
 
-    Example: ovbench table --format markdown --benchmark toyland
+    Best and second best per column are computed (bold / underlined in markdown and LaTeX, * / +
+    in plain text); cells are mean ± std over seeds.
+
+    Example: ovbench table --kind main --reported --format markdown
     """
     from ovbench.errors import ConfigError
     from ovbench.registry import benchmark_names, load_benchmark
     from ovbench.results.store import ResultStore
-    from ovbench.results.table import build_table, render_table, table_notes
 
     if metric not in ("mIoU", "mAcc", "pAcc", "fwIoU"):
         raise ConfigError(f"unknown metric '{metric}'; choose mIoU, mAcc, pAcc or fwIoU")
     records = ResultStore(store).read()
     # a row's Avg runs over its benchmark's evaluation sets, as the benchmark spec lists them
-    benchmark_sets = {name: load_benchmark(name).eval_sets for name in benchmark_names()}
-    table = build_table(records, value=metric, benchmark=benchmark, protocol=protocol, method=method,
-                        benchmark_sets=benchmark_sets)
-    text = render_table(table, fmt, precision=precision)
+    benchmarks = {name: load_benchmark(name) for name in benchmark_names()}
+    benchmark_sets = {name: spec.eval_sets for name, spec in benchmarks.items()}
+    notes: list[str] = []
+    if kind == "all":
+        from ovbench.results.table import build_table, render_table, table_notes
+
+        if reported or ci:
+            raise ConfigError("--reported and --ci need a study table: add --kind main (or ablation, trainset, size)")
+        table = build_table(records, value=metric, benchmark=benchmark, protocol=protocol, method=method,
+                            benchmark_sets=benchmark_sets)
+        text = render_table(table, fmt, precision=precision)
+        notes = table_notes(table)
+    else:
+        from ovbench.results.reported import load_reported
+        from ovbench.results.study import build_study_tables, render_study_table
+
+        tables = build_study_tables(
+            records, kind, benchmark_sets=benchmark_sets, benchmark=benchmark, method=method, protocol=protocol,
+            eval_set=eval_set, study=load_reported(), with_reported=reported, ci=ci,
+            store_path=ResultStore(store).path, resamples=resamples,
+            benchmark_train_sets={name: spec.train_set for name, spec in benchmarks.items()},
+            value=metric, precision=precision,
+        )
+        readable = fmt.lower() in ("plain", "markdown")
+        parts = [render_study_table(table, fmt, title=readable, notes=readable) for table in tables]
+        text = ("\n" if readable else "").join(parts)
+        if not readable:
+            notes = [note for table in tables for note in table.notes]
     text = text if text.endswith("\n") else text + "\n"
     if out is None:
         sys.stdout.write(text)
@@ -260,7 +307,7 @@ def table_command(
         atomic_write_text(out, text)
         stderr_console.print(f"wrote {out}", highlight=False, markup=False)
     if fmt.lower() in ("csv", "latex"):  # their text stays machine-readable: the notes go to stderr
-        for note in table_notes(table):
+        for note in notes:
             stderr_console.print(f"note: {note}", highlight=False, markup=False)
 
 

@@ -196,11 +196,15 @@ def evaluate_and_record(
     later set never loses this one, and a set that failed midway leaves no record."""
     from ovbench.results.store import ResultRecord, code_version, host_info, utc_timestamp
 
+    from ovbench.results.per_image import stage_counts
+
     version, host = code_version(), host_info()
     results = []
     for dataset in datasets:
         result = evaluate_dataset(segmenter, dataset, batch_size=batch_size, device=device, progress=progress)
         metrics = result.metrics
+        # per-image counts first, under a temporary name: they go into place only with their record
+        staged = stage_counts(store.path, fields["run_id"], result.per_image)
         record = ResultRecord(
             **fields,
             eval_set=dataset.name,
@@ -217,9 +221,15 @@ def evaluate_and_record(
                 "per_class_acc": metrics.per_class_acc,
                 "valid_pixels": metrics.valid_pixels,
                 "device": str(device),
+                "per_image": staged.reference,
             },
         )
-        store.append([record])
+        try:
+            store.append([record])
+        except BaseException:
+            staged.discard()
+            raise
+        staged.commit()
         results.append(result)
         progress.log(f"{dataset.name}: mIoU {metrics.mIoU:.2f} ({result.num_images} images, {result.wall_time_s:.1f} s)")
     return results

@@ -185,6 +185,10 @@ def test_full_disk_append_leaves_the_store_byte_identical(tmp_path):
         proc = ovbench(tmp_path / "home", "eval", "--method", "clip-dense", "--quiet", "--store", str(store))
         assert_one_error_line(proc, str(store), "No space left on device", "the store is unchanged")
         assert store.read_bytes() == before
+        # the failed evaluation left no per-image file either (only the first run's, in place)
+        runs = {json.loads(line)["run_id"] for line in before.decode().splitlines()}
+        left = [p for p in (folder / "results.per_image").rglob("*") if p.is_file()]
+        assert left and {p.parent.name for p in left} == runs and not any(p.name.endswith(".tmp") for p in left)
 
 
 # --------------------------------------------------------------------------- 5: the run lock

@@ -199,6 +199,25 @@ def build_dataset(name: str, data_root: str | Path | None):
     return dataset
 
 
+def dataset_vocabulary(name: str) -> tuple[Vocabulary, list[str]]:
+    """(text queries, evaluator class names) of a dataset, read from its spec alone: no data
+    folder is needed (seen/unseen splits of a table ask this of sets that are not on disk)."""
+    request = parse_dataset_name(name)
+    if request.base in _toyland_splits():
+        from ovbench.data.toyland import TOYLAND_SPLITS
+
+        split = TOYLAND_SPLITS[request.base]
+        return split.vocabulary, list(split.class_names)
+    spec_path, spec_name = _find_spec(request.base)
+    spec = _load_spec(spec_path, spec_name)
+    if request.aliases is not None:
+        spec = dataclasses.replace(spec, vocabulary_aliases=request.aliases)
+    from ovbench.data.folder import _resolve_vocabulary
+
+    vocabulary, evaluator = _resolve_vocabulary(spec)
+    return vocabulary, list(spec.class_names or evaluator)
+
+
 # --------------------------------------------------------------------------- vocabularies
 
 _VOCAB_KEYS = {"description", "classes", "evaluator_classes", "aliases"}

@@ -14,6 +14,7 @@ from ovbench.errors import OvbenchError
 from ovbench.eval.inference import LogitsShapeError
 from ovbench.eval.metrics import ConfusionMatrix, SegmentationMetrics
 from ovbench.progress import ProgressReporter
+from ovbench.results.per_image import PerImageCounts
 
 
 #: The most float elements of predicted scores (B, T, H, W) asked for in one predict call.
@@ -35,20 +36,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return resolved
 
 
-def iter_batches(dataset: SegmentationDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(images (B,3,H,W) float 0..255, masks (B,H,W) int64); a batch only holds images of one
-    size, so datasets with mixed sizes are batched as far as their order allows."""
+def iter_batches(dataset: SegmentationDataset, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor, list[str]]]:
+    """(images (B,3,H,W) float 0..255, masks (B,H,W) int64, the B sample names); a batch only
+    holds images of one size, so datasets with mixed sizes are batched as far as their order
+    allows."""
     if batch_size < 1:
         raise OvbenchError(f"batch size must be at least 1, got {batch_size}")
     images: list[np.ndarray] = []
     masks: list[np.ndarray] = []
+    names: list[str] = []
 
     def flush():
         batch_images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
         batch_masks = torch.from_numpy(np.stack(masks))
+        batch_names = list(names)
         images.clear()
         masks.clear()
-        return batch_images, batch_masks
+        names.clear()
+        return batch_images, batch_masks, batch_names
 
     for index in range(len(dataset)):
         sample = dataset[index]
@@ -56,6 +61,7 @@ def iter_batches(dataset: SegmentationDataset, batch_size: int) -> Iterator[tupl
             yield flush()
         images.append(sample["image"])
         masks.append(sample["mask"])
+        names.append(str(sample.get("name", index)))
     if images:
         yield flush()
 
@@ -66,6 +72,8 @@ class DatasetResult:
     metrics: SegmentationMetrics
     num_images: int
     wall_time_s: float
+    #: each image's true/false positives and false negatives per class (for the bootstrap)
+    per_image: PerImageCounts | None = None
 
 
 def evaluate_dataset(
@@ -83,7 +91,10 @@ def evaluate_dataset(
     segmenter.eval()
     task = progress.add_task(f"eval {dataset.name}", total=len(dataset), unit="img") if progress else None
     done = 0
-    for batch_images, batch_masks in iter_batches(dataset, batch_size):
+    image_names: list[str] = []
+    image_counts: list[np.ndarray] = []
+    for batch_images, batch_masks, batch_names in iter_batches(dataset, batch_size):
+        image_names += batch_names
         per_image = len(vocabulary) * batch_images.shape[2] * batch_images.shape[3]
         step = max(1, MAX_SCORE_ELEMENTS // per_image)
         for first in range(0, batch_images.shape[0], step):
@@ -100,11 +111,15 @@ def evaluate_dataset(
                 raise OvbenchError(f"{name}: predict returned scores of shape {got}, expected (B,T,H,W) = {expected}")
             labels = scores.argmax(dim=1)
             del scores  # free the (B, T, H, W) stack before the next predict call allocates one
-            confusion.update(labels, batch_masks[first : first + step].to(device))
+            image_counts.append(confusion.update(labels, batch_masks[first : first + step].to(device), per_image=True))
             done += images.shape[0]
         if progress:
             progress.advance(task, batch_images.shape[0])
     if progress:
         progress.finish(task)
     metrics = confusion.compute(dataset.class_names)
-    return DatasetResult(dataset.name, metrics, done, time.perf_counter() - start)
+    per_image = PerImageCounts(
+        eval_set=dataset.name, class_names=list(dataset.class_names), image_names=image_names,
+        counts=np.concatenate(image_counts) if image_counts else np.zeros((0, 3, len(dataset.class_names)), np.int64),
+    )
+    return DatasetResult(dataset.name, metrics, done, time.perf_counter() - start, per_image)

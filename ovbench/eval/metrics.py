@@ -119,8 +119,15 @@ class ConfusionMatrix:
             f"valid_pixels={int(self.matrix.sum())})"
         )
 
-    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+    def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray,
+               *, per_image: bool = False) -> np.ndarray | None:
         """Add one (H,W) label map or a (B,H,W) batch of them.
+
+        With ``per_image=True`` it also returns each image's own counts as an int64 array
+        (B, 3, num_classes): true positives, false positives and false negatives per class
+        over that image's valid pixels. Summed over images they give the dataset's counts,
+        which is all a bootstrap over images needs to recompute mIoU (see
+        `ovbench.results.per_image`).
 
         ``pred`` holds class ids in [0, num_classes) (argmax over the offered classes, which
         may be fewer than the evaluator's); ``target`` holds ground-truth class ids or the
@@ -135,8 +142,10 @@ class ConfusionMatrix:
             )
         if pred.ndim not in (2, 3):
             raise ValueError(f"expected (H,W) or (B,H,W) label maps, got shape {tuple(pred.shape)}")
+        batched = pred.ndim == 3
+        images = pred.shape[0] if batched else 1
         if pred.numel() == 0:
-            return
+            return np.zeros((images, 3, self.num_classes), dtype=np.int64) if per_image else None
 
         k = self.num_classes
         lowest, highest = torch.aminmax(pred)
@@ -148,23 +157,30 @@ class ConfusionMatrix:
         # Every pixel becomes one bin of a k x (k+1) grid: index = gt*(k+1) + pred. With pred
         # already known to lie in [0, k), column k of the grid is never hit by a valid pixel,
         # so ignored pixels can be parked in bin k (row 0, column k) instead of being removed
-        # with a boolean-mask copy. The spare column also makes bad ground truth visible for
-        # free: gt >= k lands past the last bin and gt < 0 lands below zero, both of which the
-        # single bincount pass below already has to look at.
+        # with a boolean-mask copy. Bad ground truth is looked for explicitly: with per-image
+        # grids side by side, a value past the class range would land in the next image's grid.
         stride = k + 1
         flat_pred = pred.reshape(-1)
         flat_target = target.reshape(-1)
         bins = torch.add(flat_pred, flat_target, alpha=stride)
         bins.masked_fill_(flat_target == self.ignore_index, k)
-        try:
-            counts = torch.bincount(bins, minlength=k * stride)
-        except RuntimeError:
-            # torch refuses negative inputs; the only way to get one is negative ground truth.
+        # a bad ground-truth value leaves [0, k*stride) however large the image offset below
+        if bool(((flat_target < 0) | (flat_target >= k)).logical_and_(flat_target != self.ignore_index).any()):
             self._raise_bad_target(flat_target)
-            raise
-        if counts.numel() > k * stride:
-            self._raise_bad_target(flat_target)
-        self.matrix += counts.reshape(k, stride)[:, :k]
+        if per_image:
+            # one k x (k+1) grid per image, side by side: the same single bincount pass
+            offsets = torch.arange(images, device=bins.device).repeat_interleave(flat_pred.numel() // images)
+            bins = bins + offsets * (k * stride)
+        counts = torch.bincount(bins, minlength=images * k * stride if per_image else k * stride)
+        grids = counts.reshape(-1, k, stride)[:, :, :k]
+        self.matrix += grids.sum(dim=0)
+        if not per_image:
+            return None
+        grids = grids.cpu().numpy()
+        true_positive = np.diagonal(grids, axis1=1, axis2=2)
+        false_positive = grids.sum(axis=1) - true_positive
+        false_negative = grids.sum(axis=2) - true_positive
+        return np.stack([true_positive, false_positive, false_negative], axis=1).astype(np.int64)
 
     def _raise_bad_target(self, flat_target: torch.Tensor) -> None:
         """Slow path, only after the fast path saw bad ground truth: name an offending value."""

@@ -39,6 +39,10 @@ from ovbench.errors import ConfigError, OvbenchError
 
 __all__ = [
     "AVG_COLUMN",
+    "config_key",
+    "drop_repeats",
+    "latex_escape",
+    "metric_value",
     "CONFIG_FIELDS",
     "N_COLUMN",
     "TABLE_FORMATS",
@@ -607,7 +611,7 @@ _LATEX_SPECIALS = {
 
 def _latex_escape(text: str) -> str:
     escaped = "".join(_LATEX_SPECIALS.get(character, character) for character in text)
-    return escaped.replace("±", r"$\pm$")
+    return escaped.replace("±", r"$\pm$").replace("Δ", r"$\Delta$")
 
 
 def _render_latex(row_names: list[str], column_names: list[str], body: list[list[str]]) -> str:
@@ -626,3 +630,15 @@ def _render_latex(row_names: list[str], column_names: list[str], body: list[list
         r"\end{tabular}",
     ]
     return "\n".join(lines) + "\n"
+
+
+# Public names of the helpers the study tables (ovbench.results.study) group records with, so
+# both kinds of table drop repeats and tell configurations apart by one rule.
+drop_repeats = _drop_repeats
+config_key = _config_key
+latex_escape = _latex_escape
+
+
+def metric_value(record: dict, value: str) -> float | None:
+    """``record["metrics"][value]`` as a finite float, else None."""
+    return _number(_metric_of(record, value))
