@@ -221,10 +221,25 @@ class _PairResult:
     counts: np.ndarray | None = None
 
 
+def _reads_rasters(dataset: Any) -> bool:
+    """A spec with bands / scaling / nodata reads its images through the raster readers
+    (16-bit and multi-band files), which PIL alone would call unreadable."""
+    spec = getattr(dataset, "spec", None)
+    return callable(getattr(dataset, "read_image", None)) and getattr(spec, "raster", None) is not None
+
+
+def _decode_raster(dataset: Any, index: int) -> tuple[tuple[int, int] | None, str | None]:
+    try:
+        rgb = dataset.read_image(index).rgb
+    except DataError as exc:
+        return None, str(exc)
+    return (rgb.shape[1], rgb.shape[0]), None
+
+
 def _check_file_pair(dataset: Any, index: int) -> _PairResult:
     image_path, mask_path = Path(dataset.image_path(index)), Path(dataset.mask_path(index))
     issues: list[tuple[str, str, str]] = []
-    size, why = _decode_image(image_path)
+    size, why = _decode_raster(dataset, index) if _reads_rasters(dataset) else _decode_image(image_path)
     if size is None:
         issues.append(("unreadable_image", str(image_path), why or ""))
     mask, kind, why = _decode_mask(mask_path)

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ovbench.data.base import Sample
+from ovbench.data.raster import TIFF_SUFFIXES, RasterImage, RasterSettings, open_raster, read_raster_rgb
 from ovbench.data.vocabulary import Vocabulary
 from ovbench.errors import ConfigError, DataError
 from ovbench.fileio import atomic_write_text
@@ -66,6 +67,15 @@ class FolderDatasetSpec:
     registered_names: list[str] = field(default_factory=list)
     #: where the data is published and how to unpack it
     published: str = ""
+    #: raster images (docs/datasets.md#raster-images): the 1-based bands used as R, G, B
+    #: (`[3, 2, 1]`), or one band shown as grey; unset: 8-bit RGB-like images only
+    bands: list[int] | None = None
+    #: how values become 0..255: none, {percentiles: [2, 98]} or {range: [0, 3000]} (one pair
+    #: per band also accepted); required for 16-bit and float images
+    scaling: str | dict[str, Any] | None = None
+    #: the value of missing pixels, which become ignored pixels in the mask: unset = what the
+    #: file declares (GeoTIFF nodata), a number (or nan) overrides it, none switches it off
+    nodata: float | str | None = None
     kind: str = "folder"
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -87,11 +97,20 @@ class FolderDatasetSpec:
             raise ConfigError(f"{where}: image_dir and mask_dir are required (or a list of layouts)")
         if not self.image_suffix or not all(self.mask_suffixes):
             raise ConfigError(f"{where}: file suffixes must not be empty")
+        self.raster  # a malformed bands/scaling/nodata is the spec's fault, found at load time
         if self.vocabulary_aliases not in VOCABULARY_ALIAS_MODES:
             raise ConfigError(
                 f"{where}: vocabulary_aliases must be one of {', '.join(VOCABULARY_ALIAS_MODES)}, "
                 f"got {self.vocabulary_aliases!r}"
             )
+
+    @property
+    def raster(self) -> RasterSettings | None:
+        """The raster reading settings, or None when the spec sets none of bands/scaling/nodata
+        (then images are read as 8-bit RGB by `read_rgb`)."""
+        if self.bands is None and self.scaling is None and self.nodata is None:
+            return None
+        return RasterSettings.from_values(self.bands, self.scaling, self.nodata, where=f"dataset {self.name}")
 
     @property
     def candidate_layouts(self) -> list[FolderLayout]:
@@ -112,10 +131,7 @@ def read_rgb(path: Path) -> np.ndarray:
         with Image.open(path) as img:
             unsupported = _unsupported_layout(img)
             if unsupported:
-                raise DataError(
-                    f"{path}: unsupported image ({unsupported}); ovbench reads 8-bit RGB, RGBA, grayscale or palette "
-                    "images: convert it to 8-bit RGB first (band selection and scaling are not supported yet)"
-                )
+                raise DataError(_unsupported_message(path, unsupported))
             img.load()  # decode now: a truncated file fails here, not halfway through a batch
             if img.getexif().get(_EXIF_ORIENTATION, 1) in range(2, 9):
                 img = ImageOps.exif_transpose(img)
@@ -123,7 +139,30 @@ def read_rgb(path: Path) -> np.ndarray:
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        found = _raster_layout(path) if isinstance(exc, UnidentifiedImageError) else None
+        if found:
+            raise DataError(_unsupported_message(path, found)) from None
         raise DataError(f"{path}: cannot decode image ({exc})") from None
+
+
+def _unsupported_message(path: Path, found: str) -> str:
+    return (
+        f"{path}: unsupported image ({found}); ovbench reads 8-bit RGB, RGBA, grayscale or palette "
+        "images: convert it to 8-bit RGB first, or map its bands in the dataset spec "
+        "(bands: [3, 2, 1], scaling: {percentiles: [2, 98]}; docs/datasets.md#raster-images)"
+    )
+
+
+def _raster_layout(path: Path) -> str | None:
+    """'4 bands of uint16' for a TIFF PIL cannot open (GDAL writes multi-band 16-bit TIFFs PIL
+    does not identify) but the raster readers can; None for anything else."""
+    if Path(path).suffix.lower() not in TIFF_SUFFIXES:
+        return None
+    try:
+        with open_raster(path) as source:
+            return f"{source.count} band{'s' if source.count != 1 else ''} of {source.dtype}"
+    except (DataError, ConfigError):
+        return None
 
 
 _EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
@@ -311,15 +350,30 @@ class FolderDataset:
         if not 0 <= index < len(self.stems):
             raise IndexError(index)
         image_path, mask_path = self.image_path(index), self.mask_path(index)
-        image = read_rgb(image_path)
+        read = self.read_image(index)
+        image = read.rgb
         mask = read_label_map(mask_path)
         if mask.shape != image.shape[:2]:
             raise DataError(
                 f"{mask_path}: mask is {mask.shape[1]}x{mask.shape[0]} but its image {image_path.name} "
                 f"is {image.shape[1]}x{image.shape[0]}"
             )
+        if read.valid is not None:
+            # nodata pixels have no image to judge: whatever the mask says there is not scored
+            mask[~read.valid] = self.ignore_index
         self._check_values(mask, mask_path)
         return {"image": image, "mask": mask, "name": self.stems[index]}
+
+    def read_image(self, index: int) -> RasterImage:
+        """Sample `index`'s image with its valid-pixel mask and the reader that read it
+        (`pillow` for 8-bit RGB specs; with bands/scaling/nodata set, `ovbench.data.raster`'s
+        choice: rasterio for TIFF where installed, else tifffile; pillow for PNG/JPEG)."""
+        path = self.image_path(index)
+        raster = self.spec.raster
+        if raster is None:
+            return RasterImage(read_rgb(path), None, "pillow")
+        return read_raster_rgb(path, raster, bands_hint="dataset spec bands: [3, 2, 1]",
+                               scaling_hint="dataset spec scaling: {percentiles: [2, 98]} or {range: [0, 3000]}")
 
     def _check_values(self, mask: np.ndarray, path: Path) -> None:
         """Every value must be a class id or the ignore value (detectron2's evaluator and the

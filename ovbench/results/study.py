@@ -581,3 +581,30 @@ def _render_csv(table: StudyTable) -> str:
 
 def _num(value: float | None) -> Any:
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else round(value, 10)
+
+
+def render_study_table_html(table: StudyTable) -> str:
+    """An HTML ``<table>`` of ``table`` (best in ``<b>``, second in ``<u>``), notes as a list."""
+    from html import escape
+
+    marks = column_marks(table)
+    head = "".join(f"<th>{escape(h)}</th>" for h in
+                   [*table.label_columns, *[table.column_titles.get(c, c) for c in table.value_columns]])
+    body = []
+    for index, row in enumerate(table.rows):
+        cells = [f"<td>{escape(row.source if name == 'source' else row.labels.get(name, ''))}</td>"
+                 for name in table.label_columns]
+        for column in table.value_columns:
+            text = escape(_cell_text(row.values.get(column), table.precision, signed=row.source == DELTA))
+            mark = marks.get((index, column))
+            if mark and text:
+                text = f"<b>{text}</b>" if mark == 1 else f"<u>{text}</u>"
+            cells.append(f'<td class="num">{text}</td>')
+        body.append(f'<tr class="{escape(row.source.split(" ")[0])}">{"".join(cells)}</tr>')
+    if not table.rows:
+        body.append(f'<tr><td colspan="{len(table.label_columns) + len(table.value_columns)}">'
+                    f"no reproduced rows: {escape(_HINTS[table.kind])}</td></tr>")
+    notes = list(table.notes) + (["best per column in bold, second underlined"] if marks else [])
+    notes_html = "<ul class=\"notes\">" + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>" if notes else ""
+    return (f"<h3>{escape(table.title)}</h3><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}"
+            f"</tbody></table>{notes_html}")
