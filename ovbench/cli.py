@@ -311,30 +311,6 @@ def table_command(
             stderr_console.print(f"note: {note}", highlight=False, markup=False)
 
 
-@app.command("profile")
-def profile_command(
-    method: str = typer.Option(..., "--method", "-m", help="Method name (see `ovbench methods`)."),
-    scale: Optional[str] = typer.Option(None, "--scale", help="Scale overlay (e.g. tiny); default: the published scale."),
-    depth: int = typer.Option(1, "--depth", help="How many module levels to break the counts into."),
-) -> None:
-    """Parameter counts of a method at its published scale: trainable and frozen, per part.
-
-    Built with random weights (nothing is downloaded). Example: ovbench profile --method catseg
-    """
-    from ovbench.profile import profile_method
-
-    profile = profile_method(method, scale=None if scale == "full" else scale, depth=depth)
-    table = Table(title=f"{method} — parameters ({profile.scale or 'published'} scale)", title_justify="left")
-    for column in ("part", "trainable", "frozen", "total"):
-        table.add_column(column, justify="left" if column == "part" else "right")
-    for part in profile.parts:
-        table.add_row(part.name, f"{part.trainable:,}", f"{part.frozen:,}", f"{part.total:,}")
-    table.add_section()
-    table.add_row("all", f"{profile.trainable:,}", f"{profile.frozen:,}", f"{profile.trainable + profile.frozen:,}", style="bold")
-    stdout_console.print(table)
-    stdout_console.print(f"trainable parameters: {profile.trainable:,} ({profile.trainable / 1e6:.2f}M)")
-
-
 @app.command("check-adapter")
 def check_adapter_command(
     name: str = typer.Argument(
