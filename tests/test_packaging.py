@@ -63,3 +63,7 @@ def test_the_installed_wheel_lists_and_evaluates_the_builtins(repo_install, tmp_
     assert {r["method"] for r in records} == {"clip-dense"}
     assert not (cwd / "results.jsonl").exists() and sorted(p.name for p in cwd.iterdir()) == []
 
+    # the published numbers travel with the wheel: --reported finds them from any directory
+    table = ovbench_module(repo_install.site, home, cwd, "table", "--kind", "main", "--reported")
+    assert table.returncode == 0, table.stderr[-3000:]
+    assert "45.75" in table.stdout and "CLIP (dense)" in table.stdout

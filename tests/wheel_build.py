@@ -19,8 +19,8 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
-#: what a wheel is built from: the three mapped folders, the harness and the packaging files
-SOURCE_PARTS = ("ovbench", "adapters", "methods", "configs", "setup.py", "pyproject.toml", "README.md")
+#: what a wheel is built from: the mapped folders, the harness and the packaging files
+SOURCE_PARTS = ("ovbench", "adapters", "methods", "configs", "results/reported", "setup.py", "pyproject.toml", "README.md")
 EXAMPLE = REPO / "docs" / "example"
 PIP_TIMEOUT = 300
 
