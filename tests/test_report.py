@@ -45,6 +45,8 @@ def test_report_on_a_toyland_run(tmp_path):
     parser = Resources()
     parser.feed(page)
     assert all(url.startswith("data:") for url in parser.urls), parser.urls
+    assert parser.images >= 1 and (out / "figures" / "compare.png").is_file()  # the figure, embedded
+    assert "![" in markdown and "figures/compare.png" in markdown
     assert "<link" not in page and "@import" not in page and "url(" not in page
     assert page.startswith("<!DOCTYPE html>")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ovbench.errors import OvbenchError
-from ovbench.fileio import atomic_write_bytes, atomic_write_text
+from ovbench.fileio import atomic_write_text
 
 __all__ = ["write_report"]
 
@@ -159,10 +159,34 @@ def _html_rows(entries: list[dict[str, Any]]) -> str:
 
 
 def _figures(records: list[dict], benchmark: str, folder: Path, benchmark_sets, console) -> list[tuple[str, Path, Path]]:
-    """(title, png, svg) of each figure the records support."""
-    return []
+    """(title, png, svg) of each figure the records support: the methods compared per set, and
+    the size curve of each method trained at two or more training-set sizes."""
+    from ovbench.results import plots
 
-
-def _write_bytes(path: Path, data: bytes) -> Path:
-    atomic_write_bytes(path, data)
-    return path
+    figures: list[tuple[str, Path, Path]] = []
+    on_benchmark = [r for r in records if r.get("benchmark") == benchmark]
+    main = [r for r in on_benchmark if "/" not in str(r.get("method"))]
+    try:
+        data = plots.compare_data(main, benchmark=benchmark, benchmark_sets=benchmark_sets)
+    except OvbenchError as exc:
+        if console is not None:
+            console.print(f"report: no comparison figure ({exc})", highlight=False, markup=False)
+    else:
+        png, svg = plots.save_figure(plots.compare_figure(data), folder / "compare", "compare")
+        figures.append((f"mIoU per evaluation set on {benchmark}", png, svg))
+    trained = {(r.get("method"), r.get("protocol")) for r in on_benchmark if isinstance(r.get("train_size"), int)}
+    for method, protocol in sorted(trained, key=str):
+        sizes = {r.get("train_size") for r in on_benchmark if (r.get("method"), r.get("protocol")) == (method, protocol)}
+        if len(sizes) < 2:
+            continue
+        try:
+            data = plots.size_data(on_benchmark, method=method, protocol=protocol, benchmark=benchmark,
+                                   benchmark_sets=benchmark_sets)
+        except OvbenchError as exc:
+            if console is not None:
+                console.print(f"report: no size figure for {method} ({exc})", highlight=False, markup=False)
+            continue
+        stem = f"size-{str(method).replace('/', '-')}-{protocol}"
+        png, svg = plots.save_figure(plots.size_figure(data), folder / stem, stem)
+        figures.append((f"{method} ({protocol}): mIoU against training-set size", png, svg))
+    return figures

@@ -27,7 +27,6 @@ from __future__ import annotations
 import io
 import csv
 import math
-import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ovbench.errors import ConfigError, OvbenchError
+from ovbench.results.plots import training_family
 from ovbench.results.reported import ReportedStudy
 from ovbench.results.table import AVG_COLUMN, config_key, drop_repeats, metric_value
 from ovbench.results.table import latex_escape as _latex_escape
@@ -247,14 +247,8 @@ def _ablation(records, *, sets, titles, bench, method, reported, with_reported, 
     return [table]
 
 
-def _family(train_set: str | None) -> str:
-    """landdiscover50k, landdiscover10k and landdiscover50k:size=N are one family."""
-    base = str(train_set or "").split(":", 1)[0]
-    return re.sub(r"\d+k$", "", base)
-
-
 def _is_subset(train_set: str | None, full: str | None) -> bool:
-    return train_set != full and _family(train_set) == _family(full)
+    return train_set != full and training_family(train_set) == training_family(full)
 
 
 def _trainset(records, *, sets, titles, bench, method, reported, with_reported, train_set, value, **_):
@@ -293,7 +287,7 @@ def _size(size: Any) -> str:
 def _size_table(records, *, sets, titles, bench, method, reported, with_reported, train_set, value, **_):
     base = method or "gsnet"
     chosen = [r for r in records if r.get("method") == base and isinstance(r.get("train_size"), int)
-              and (train_set is None or _family(r.get("train_set")) == _family(train_set))]
+              and (train_set is None or training_family(r.get("train_set")) == training_family(train_set))]
     groups = sorted(_group_by_configuration(chosen), key=lambda g: (g[0]["train_size"], str(g[0].get("train_set"))))
     rows = []
     for group in groups:
