@@ -126,9 +126,14 @@ def _title(model: ModelSpec) -> str:
     from ovbench.engine.checkpoint import checkpoint_origin
 
     origin = checkpoint_origin(model.checkpoint) or {}
+    # one short line each, so titles of neighbouring panels never run into each other
     if origin.get("run_id"):
-        return f"{model.method}\nrun {origin['run_id']}, {origin.get('iterations')} it"
-    return f"{model.method}\n{Path(model.checkpoint).name}"
+        return f"{model.method}\n{_shorten(str(origin['run_id']))}\n{origin.get('iterations')} it"
+    return f"{model.method}\n{_shorten(Path(model.checkpoint).name)}"
+
+
+def _shorten(text: str, width: int = 24) -> str:
+    return text if len(text) <= width else text[: width // 2 - 1] + "…" + text[-(width // 2):]
 
 
 def predict_panels(models: Sequence[ModelSpec], dataset_name: str, *, n: int = 4, seed: int | None = None,

@@ -35,7 +35,7 @@ from typing import Any
 from tabulate import tabulate
 
 from ovbench.errors import ConfigError, OvbenchError
-from ovbench.results.plots import training_family
+from ovbench.results.plots import format_size, training_family
 from ovbench.results.reported import ReportedStudy
 from ovbench.results.table import AVG_COLUMN, config_key, drop_repeats, metric_value
 from ovbench.results.table import latex_escape as _latex_escape
@@ -277,11 +277,8 @@ def _trainset(records, *, sets, titles, bench, method, reported, with_reported, 
 
 
 def _size(size: Any) -> str:
-    if not isinstance(size, int):
-        return ""
-    if size >= 1000 and size % 1000 == 0:
-        return f"{size // 1000}K"
-    return str(size)
+    # the same tick text as the size plot (10K, 51.85K)
+    return format_size(size) if isinstance(size, int) else ""
 
 
 def _size_table(records, *, sets, titles, bench, method, reported, with_reported, train_set, value, **_):
