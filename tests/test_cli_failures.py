@@ -31,6 +31,7 @@ from cli_process import (
     tree,
 )
 from ovbench.engine.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from ovbench.results.per_image import load_record_counts
 
 FAST_TRAIN = ("train.iters=12", "train.checkpoint_every=4", "train.log_every=1")
 
@@ -127,6 +128,9 @@ def test_ctrl_c_during_eval_exits_130_and_keeps_finished_sets(tmp_path):
     assert len(lines) == 1 and "interrupted" in lines[0], stderr
     kept = records(store)
     assert 1 <= len(kept) < 3 and len({r["eval_set"] for r in kept}) == len(kept)
+    # the interrupted set left no per-image file, staged or in place
+    left = [p for p in (tmp_path / "results.per_image").rglob("*") if p.is_file()]
+    assert sorted(p.stem for p in left) == sorted(r["eval_set"] for r in kept)
 
 
 def test_ctrl_c_during_run_exits_130_and_says_how_to_resume(tmp_path):
@@ -214,6 +218,11 @@ def test_two_concurrent_resumes_exactly_one_proceeds(tmp_path):
     stored = [r for r in records(tmp_path / "results.jsonl") if r["run_id"] == "shared"]
     assert sorted(r["eval_set"] for r in stored) == ["toyland-flood", "toyland-objects", "toyland-urban"]
     assert ovbench(tmp_path, "table").stdout.count("tiny-trainable") == 1
+    # per-image counts: one file per evaluated set, each the one its record names, none left staged
+    files = sorted(p for p in (tmp_path / "results.per_image" / "shared").iterdir())
+    assert [p.suffix for p in files] == [".npz"] * 3
+    for record in stored:
+        assert load_record_counts(tmp_path / "results.jsonl", record).num_images == record["extra"]["num_images"]
 
 
 def test_resuming_a_finished_run_says_it_is_finished(tmp_path):
