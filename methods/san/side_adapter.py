@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 
+from ovbench_methods.common.mlp import ProjectionMLP
+
 __all__ = ["ChannelLayerNorm", "ClipFusion", "MaskDecoder", "ProjectionMLP", "SideAdapter", "build_side_vit"]
 
 
@@ -58,25 +60,6 @@ class ClipFusion(nn.Module):
         projected = self.input_proj(clip_map.contiguous())
         resized = F.interpolate(projected, size=tuple(grid), mode="bilinear", align_corners=False)
         return patch_tokens + resized.flatten(2).transpose(1, 2).to(patch_tokens.dtype)
-
-
-class ProjectionMLP(nn.Module):
-    """`num_layers` affine layers with ReLU between them; linear on (..., C) or 1x1 convs on
-    (N, C, H, W) (``dense=True``). Hidden layers have `hidden_dim` channels."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, num_layers: int, dense: bool = False) -> None:
-        super().__init__()
-        widths = [in_dim] + [hidden_dim] * (num_layers - 1) + [out_dim]
-        make = (lambda i, o: nn.Conv2d(i, o, kernel_size=1)) if dense else nn.Linear
-        self.layers = nn.ModuleList(make(i, o) for i, o in zip(widths[:-1], widths[1:]))
-
-    def forward(self, x: Tensor) -> Tensor:
-        last = len(self.layers) - 1
-        for index, layer in enumerate(self.layers):
-            x = layer(x)
-            if index < last:
-                x = F.relu(x)
-        return x
 
 
 class MaskDecoder(nn.Module):
