@@ -9,12 +9,21 @@ semantic label map becomes one binary target mask per class present
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ovbench_methods.common.errors import MethodConfigError
 
-__all__ = ["combine_mask_probabilities", "semantic_from_masks", "semantic_to_instance_targets"]
+__all__ = [
+    "combine_mask_probabilities",
+    "criterion_outputs",
+    "pad_instance_targets",
+    "semantic_from_masks",
+    "semantic_to_instance_targets",
+]
 
 
 def combine_mask_probabilities(class_probs: Tensor, mask_probs: Tensor) -> Tensor:
@@ -59,3 +68,29 @@ def semantic_to_instance_targets(
         masks = (label_map[None] == labels[:, None, None]).to(torch.float32)
         result.append({"labels": labels, "masks": masks})
     return result
+
+
+def pad_instance_targets(targets: Sequence[dict[str, Tensor]], padded_size: Sequence[int]) -> list[dict[str, Tensor]]:
+    """Target masks zero-padded at the bottom and right to the canvas the predicted masks
+    cover (detectron2's ImageList padding; the official `prepare_targets` of MaskFormer,
+    Mask2Former and SAN does the same)."""
+    height, width = int(padded_size[0]), int(padded_size[1])
+    padded = []
+    for target in targets:
+        masks = target["masks"]
+        pad_h, pad_w = height - masks.shape[-2], width - masks.shape[-1]
+        if pad_h < 0 or pad_w < 0:
+            raise MethodConfigError(f"target masks {tuple(masks.shape[-2:])} are larger than the padded images {(height, width)}")
+        if pad_h or pad_w:
+            masks = F.pad(masks, (0, pad_w, 0, pad_h))
+        padded.append({"labels": target["labels"], "masks": masks})
+    return padded
+
+
+def criterion_outputs(class_logits: Sequence[Tensor], mask_logits: Sequence[Tensor]) -> dict[str, Any]:
+    """The set criterion's input from per-prediction lists (deep supervision first, final last)."""
+    return {
+        "pred_logits": class_logits[-1],
+        "pred_masks": mask_logits[-1],
+        "aux_outputs": [{"pred_logits": c, "pred_masks": m} for c, m in zip(class_logits[:-1], mask_logits[:-1])],
+    }

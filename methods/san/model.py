@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ovbench_methods.common.clip import ClipImageEncoder, pad_to_multiple
+from ovbench_methods.common.mask_semantic import criterion_outputs, pad_instance_targets
 from ovbench_methods.common.clip_cost_model import create_clip_and_tokenizer, resolve_template_list
 from ovbench_methods.common.open_vocab_classifier import BackgroundEmbedding, cosine_class_logits
 from ovbench_methods.common.set_criterion import SetCriterion
@@ -245,25 +246,8 @@ class SanModel(nn.Module):
         are zero-padded to the padded canvas the predicted masks cover, as the official code does.
         """
         outputs = self.forward_outputs(images, classes)
-        height, width = outputs.padded_size
-        padded_targets = []
-        for target in targets:
-            masks = target["masks"]
-            pad_h, pad_w = height - masks.shape[-2], width - masks.shape[-1]
-            if pad_h < 0 or pad_w < 0:
-                raise SanConfigError(f"target masks {tuple(masks.shape[-2:])} are larger than the images {outputs.image_size}")
-            if pad_h or pad_w:
-                masks = F.pad(masks, (0, pad_w, 0, pad_h))
-            padded_targets.append({"labels": target["labels"], "masks": masks})
-        criterion_outputs = {
-            "pred_logits": outputs.class_logits[-1],
-            "pred_masks": outputs.mask_logits[-1],
-            "aux_outputs": [
-                {"pred_logits": logits, "pred_masks": masks}
-                for logits, masks in zip(outputs.class_logits[:-1], outputs.mask_logits[:-1])
-            ],
-        }
-        return self.criterion(criterion_outputs, padded_targets)
+        padded_targets = pad_instance_targets(targets, outputs.padded_size)
+        return self.criterion(criterion_outputs(outputs.class_logits, outputs.mask_logits), padded_targets)
 
 
 def build_san_model(config: SanConfig, templates: str | Sequence[str] | None = None, trusted: bool = False) -> SanModel:
