@@ -276,12 +276,24 @@ def build_dataclass(cls: type[T], data: dict[str, Any], where: str = "") -> T:
     for key, value in data.items():
         if key not in fields:
             raise unknown_key_error(str(key), fields, where)
-        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}" if where else key)
+        kwargs[key] = _coerce(_over_field_default(fields[key], value), hints[key], f"{where}.{key}" if where else key)
     try:
         instance = cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or cls.__name__}: {exc}") from None
     return instance
+
+
+def _over_field_default(field: dataclasses.Field, value: Any) -> Any:
+    """A section given as a mapping for a field whose default is a dataclass: the mapping
+    states changes to that default (a method's published criterion, say), not to the
+    section class's own defaults."""
+    if isinstance(value, dict) and field.default_factory is not dataclasses.MISSING:
+        default = field.default_factory()
+        if dataclasses.is_dataclass(default) and not isinstance(default, type):
+            plain = {f.name: to_plain(getattr(default, f.name)) for f in dataclasses.fields(default) if f.init}
+            return deep_merge(plain, value)
+    return value
 
 
 def check_instance(obj: T, where: str = "") -> T:

@@ -100,6 +100,13 @@ class OpenVocabSegmenter(nn.Module, ABC):
         the "masks" inference mode. Other methods do not implement it."""
         raise OvbenchError(f"{self.display_name} has no per-query masks; its YAML must not choose inference mode 'masks'")
 
+    def use_eval_set(self, name: str | None) -> dict[str, Any]:
+        """Called before each evaluation set with its name (None after the last): a method
+        with per-set inference settings (OV-Seg's and SCAN's λ and mask threshold) switches
+        to them here and returns what it uses, which goes into that set's record. The
+        default has no such settings and returns {}."""
+        return {}
+
     @property
     def display_name(self) -> str:
         return self.method_name or type(self).__name__

@@ -222,6 +222,7 @@ def evaluate_and_record(
                 "valid_pixels": metrics.valid_pixels,
                 "device": str(device),
                 "per_image": staged.reference,
+                **({"inference_settings": result.inference_settings} if result.inference_settings else {}),
             },
         )
         try:

@@ -93,3 +93,26 @@ def test_number_like_text_stays_text_where_text_is_expected_and_junk_is_refused(
         with pytest.raises(ConfigError, match="expected a number"):
             build_dataclass(Named, {"lr": junk})
     assert build_dataclass(Named, {"lr": "1e4"}).lr == 1e4
+
+
+@dataclass
+class _Loss:
+    mode: str = "plain"
+    weight: float = 1.0
+    extra: int = 0
+
+
+@dataclass
+class _Method:
+    # a method whose published loss differs from the loss class's own defaults
+    loss: _Loss = field(default_factory=lambda: _Loss(mode="published", weight=20.0))
+    plain_loss: _Loss = field(default_factory=_Loss)
+
+
+def test_a_section_states_changes_to_the_fields_own_default():
+    built = build_dataclass(_Method, {"loss": {"extra": 3}, "plain_loss": {"weight": 2.0}})
+    assert built.loss == _Loss(mode="published", weight=20.0, extra=3)
+    assert built.plain_loss == _Loss(weight=2.0)
+    assert build_dataclass(_Method, {}).loss.mode == "published"
+    with pytest.raises(ConfigError, match="loss.wieght"):
+        build_dataclass(_Method, {"loss": {"wieght": 1.0}})

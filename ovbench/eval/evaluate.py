@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import numpy as np
@@ -74,6 +74,8 @@ class DatasetResult:
     wall_time_s: float
     #: each image's true/false positives and false negatives per class (for the bootstrap)
     per_image: PerImageCounts | None = None
+    #: the method's inference settings for this set (`OpenVocabSegmenter.use_eval_set`)
+    inference_settings: dict = field(default_factory=dict)
 
 
 def evaluate_dataset(
@@ -89,6 +91,8 @@ def evaluate_dataset(
     vocabulary = dataset.vocabulary
     confusion = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index, device=device)
     segmenter.eval()
+    use_eval_set = getattr(segmenter, "use_eval_set", None)
+    settings = dict(use_eval_set(dataset.name) or {}) if callable(use_eval_set) else {}
     task = progress.add_task(f"eval {dataset.name}", total=len(dataset), unit="img") if progress else None
     done = 0
     image_names: list[str] = []
@@ -122,4 +126,4 @@ def evaluate_dataset(
         eval_set=dataset.name, class_names=list(dataset.class_names), image_names=image_names,
         counts=np.concatenate(image_counts) if image_counts else np.zeros((0, 3, len(dataset.class_names)), np.int64),
     )
-    return DatasetResult(dataset.name, metrics, done, time.perf_counter() - start, per_image)
+    return DatasetResult(dataset.name, metrics, done, time.perf_counter() - start, per_image, settings)
