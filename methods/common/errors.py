@@ -14,7 +14,7 @@ Messages are one line and name the setting or file concerned.
 
 from __future__ import annotations
 
-__all__ = ["MethodConfigError", "WeightsError"]
+__all__ = ["MethodConfigError", "WeightsError", "require_positive_ints"]
 
 
 class MethodConfigError(ValueError):
@@ -23,3 +23,11 @@ class MethodConfigError(ValueError):
 
 class WeightsError(RuntimeError):
     """A weights or checkpoint file that cannot be read, is unavailable, or does not fit."""
+
+
+def require_positive_ints(settings: object, names: tuple[str, ...] | list[str], error: type[MethodConfigError] = MethodConfigError) -> None:
+    """Each named attribute of `settings` is an int >= 1 (not a bool); else one `error` line naming it."""
+    for name in names:
+        value = getattr(settings, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise error(f"{name} must be a positive integer, got {value!r}")

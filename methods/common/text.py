@@ -238,6 +238,21 @@ SynonymMode = Literal["first", "average"]
 SYNONYM_MODES: tuple[str, ...] = get_args(SynonymMode)
 
 
+def cached_class_embeddings(
+    cache: "ClassEmbeddingCache", encoder: nn.Module, tokenizer: Tokenizer, classes: ClassNames, templates: Sequence[str]
+) -> Tensor:
+    """(T, D) L2-normalised template-ensembled text embeddings of a frozen text tower, computed
+    without gradients and cached per vocabulary (SAN, OV-Seg, SCAN)."""
+    # An entry made under inference_mode must not be handed to autograd-enabled code.
+    key = (ClassEmbeddingCache.cache_key(classes, templates), torch.is_inference_mode_enabled())
+
+    def compute() -> Tensor:
+        with torch.no_grad():
+            return encode_class_prompts(encoder, tokenizer, classes, templates)
+
+    return cache.get_or_compute(key, compute)
+
+
 def template_prompts(
     classes: ClassNames, templates: Sequence[str], synonyms: str = "first"
 ) -> tuple[list[str], Tensor]:

@@ -26,7 +26,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -40,7 +39,7 @@ from ovbench_methods.common.text import (
     ClassNames,
     ClipTextEncoder,
     Tokenizer,
-    encode_class_prompts,
+    cached_class_embeddings,
 )
 from ovbench_methods.san.config import SanConfig, SanConfigError
 from ovbench_methods.san.recognition import recognize
@@ -169,14 +168,7 @@ class SanModel(nn.Module):
     def class_embeddings(self, classes: ClassNames) -> Tensor:
         """(T, D) L2-normalised template-ensembled text embeddings, cached per vocabulary
         (the text tower is frozen)."""
-        # An entry made under inference_mode must not be handed to autograd-enabled code.
-        key = (ClassEmbeddingCache.cache_key(classes, self.templates), torch.is_inference_mode_enabled())
-
-        def compute() -> Tensor:
-            with torch.no_grad():
-                return encode_class_prompts(self.text_encoder, self.tokenizer, classes, self.templates)
-
-        return self._text_cache.get_or_compute(key, compute)
+        return cached_class_embeddings(self._text_cache, self.text_encoder, self.tokenizer, classes, self.templates)
 
     def classifier_weights(self, classes: ClassNames) -> Tensor:
         """(T + 1, D): the class embeddings and the learned background row, all L2-normalised."""
