@@ -21,6 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ovbench_methods.common.clip import (
+    IMAGENET_PIXEL_MEAN,
+    IMAGENET_PIXEL_STD,
+    normalize_pixels,
+    pad_to_multiple,
+    register_pixel_statistics,
+)
 from ovbench_methods.common.clip_cost_model import create_clip_and_tokenizer, resolve_template_list
 from ovbench_methods.common.crop_and_mask import MaskedCrops, crop_and_mask
 from ovbench_methods.common.ensemble import clip_branch_probs, ensemble_class_probs, in_vocab_probs, suppress_void
@@ -235,9 +242,17 @@ class TwoStageModel(nn.Module):
 
     frozen_towers: tuple[str, ...] = ()
 
-    def __init__(self) -> None:
+    def __init__(self, config: Any, backbone: nn.Module) -> None:
         super().__init__()
+        self.config = config
+        # the proposal network sees ImageNet-normalised pixels (both official configs' PIXEL_MEAN/STD)
+        register_pixel_statistics(self, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD)
+        self.backbone = backbone
         self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
+
+    def prepare_pixels(self, images: Tensor) -> Tensor:
+        """0..255 RGB -> ImageNet-normalised, zero-padded to `size_divisibility` (detectron2 ImageList)."""
+        return pad_to_multiple(normalize_pixels(self, images, images.dtype), self.config.size_divisibility)
 
     def freeze_towers(self) -> None:
         for name in self.frozen_towers:

@@ -27,14 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ovbench_methods.common.backbones import ResNetDeepLabBackbone, SwinBackbone
-from ovbench_methods.common.clip import (
-    IMAGENET_PIXEL_MEAN,
-    IMAGENET_PIXEL_STD,
-    ClipImageEncoder,
-    normalize_pixels,
-    pad_to_multiple,
-    register_pixel_statistics,
-)
+from ovbench_methods.common.clip import ClipImageEncoder
 from ovbench_methods.common.clip_loading import read_clip_checkpoint
 from ovbench_methods.common.crop_and_mask import MaskedCrops
 from ovbench_methods.common.errors import WeightsError
@@ -70,10 +63,7 @@ class OvsegModel(TwoStageModel):
     frozen_towers = ("image_encoder", "mask_prompt")
 
     def __init__(self, clip: nn.Module, tokenizer: Tokenizer, templates: Sequence[str], config: OvsegConfig) -> None:
-        super().__init__()
-        self.config = config
-        register_pixel_statistics(self, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD)
-        self.backbone = build_backbone(config.backbone, config.resnet, config.swin)
+        super().__init__(config, build_backbone(config.backbone, config.resnet, config.swin))
         shapes = self.backbone.output_shapes()
         self.pixel_decoder = FPNPixelDecoder(shapes, conv_dim=config.conv_dim, mask_dim=config.mask_dim)
         self.image_encoder = ClipImageEncoder(clip.visual)
@@ -102,9 +92,6 @@ class OvsegModel(TwoStageModel):
         self.freeze_towers()
 
     # ----------------------------------------------------------- forward
-    def prepare_pixels(self, images: Tensor) -> Tensor:
-        return pad_to_multiple(normalize_pixels(self, images, images.dtype), self.config.size_divisibility)
-
     def forward_outputs(self, images: Tensor, classes: ClassNames, all_predictions: bool = True) -> TwoStageOutputs:
         self.check_inputs(images, classes, "OV-Seg")
         pixels = self.prepare_pixels(images)

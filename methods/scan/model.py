@@ -33,8 +33,6 @@ from ovbench_methods.common.backbones import SwinBackbone, load_swin_pretrained
 from ovbench_methods.common.clip import (
     CLIP_PIXEL_MEAN,
     CLIP_PIXEL_STD,
-    IMAGENET_PIXEL_MEAN,
-    IMAGENET_PIXEL_STD,
     ClipImageEncoder,
     normalize_pixels,
     pad_to_multiple,
@@ -69,11 +67,8 @@ class ScanModel(TwoStageModel):
     frozen_towers = ("image_encoder", "original_clip")
 
     def __init__(self, clip: nn.Module, tokenizer: Tokenizer, templates: Sequence[str], config: ScanConfig) -> None:
-        super().__init__()
-        self.config = config
-        register_pixel_statistics(self, IMAGENET_PIXEL_MEAN, IMAGENET_PIXEL_STD)
+        super().__init__(config, SwinBackbone(config.swin))
         self.clip_pixels = _ClipPixels()
-        self.backbone = SwinBackbone(config.swin)
         shapes = self.backbone.output_shapes()
         self.pixel_decoder = MSDeformAttnPixelDecoder(
             shapes,
@@ -128,7 +123,7 @@ class ScanModel(TwoStageModel):
         self.check_inputs(images, classes, "SCAN")
         context = self.clip_context(images)
         clip_tokens = self.calibration.encode_clip_tokens([context.patch_map(layer) for layer in self.config.calibration.clip_layers])
-        pixels = pad_to_multiple(normalize_pixels(self, images, images.dtype), self.config.size_divisibility)
+        pixels = self.prepare_pixels(images)
         features = self.backbone(pixels)
         decoded_pixels = self.pixel_decoder(features)
         decoded = self.predictor(decoded_pixels.multi_scale_features, decoded_pixels.mask_features)
