@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 from rich.console import Console
@@ -181,6 +184,26 @@ def load_segmenter(method: str, *, checkpoint: str | Path | None = None, scale: 
     return segmenter, resolved, torch_device
 
 
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold a Ctrl-C (SIGINT) that arrives inside the block until the block is done, then
+    deliver it to the handler that was in place: the few calls that append a record and move
+    its per-image counts into place finish together or not at all. Outside the main thread
+    (where handlers cannot be set) the block runs unprotected."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
 def evaluate_and_record(
     segmenter,
     datasets: list,
@@ -225,12 +248,13 @@ def evaluate_and_record(
                 **({"inference_settings": result.inference_settings} if result.inference_settings else {}),
             },
         )
-        try:
-            store.append([record])
-        except BaseException:
-            staged.discard()
-            raise
-        staged.commit()
+        with interrupts_deferred():  # a record never points at counts that are not in place
+            try:
+                store.append([record])
+            except BaseException:
+                staged.discard()
+                raise
+            staged.commit()
         results.append(result)
         progress.log(f"{dataset.name}: mIoU {metrics.mIoU:.2f} ({result.num_images} images, {result.wall_time_s:.1f} s)")
     return results

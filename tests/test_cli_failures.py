@@ -448,3 +448,18 @@ def test_progress_line_has_one_rate_one_eta_and_labels(tmp_path):
         assert line.count("/s") == 1 and line.count("eta ") == 1 and line.count("elapsed ") == 1, line
     notice = proc.stderr.splitlines()[0]
     assert notice.startswith("no benchmark given") and notice.endswith("to run the paper's benchmark")
+
+
+def test_an_interrupt_while_a_record_and_its_counts_are_written_waits_for_both():
+    # the window between appending a record and moving its per-image counts into place
+    import os
+
+    from ovbench.runner import interrupts_deferred
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            finished.append("record and counts")
+    assert finished == ["record and counts"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
