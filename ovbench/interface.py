@@ -100,12 +100,18 @@ class OpenVocabSegmenter(nn.Module, ABC):
         the "masks" inference mode. Other methods do not implement it."""
         raise OvbenchError(f"{self.display_name} has no per-query masks; its YAML must not choose inference mode 'masks'")
 
-    def use_eval_set(self, name: str | None) -> dict[str, Any]:
-        """Called before each evaluation set with its name (None after the last): a method
-        with per-set inference settings (OV-Seg's and SCAN's λ and mask threshold) switches
-        to them here and returns what it uses, which goes into that set's record. The
-        default has no such settings and returns {}."""
+    def use_eval_set(self, name: str | None, vocabulary: Vocabulary | None = None) -> dict[str, Any]:
+        """Called before each evaluation set with its name and vocabulary (None after the
+        last): a method with per-set inference settings (OV-Seg's and SCAN's λ and mask
+        threshold, EBSeg's seen classes) switches to them here and returns what it uses,
+        which goes into that set's record. The default has no such settings and returns {}."""
         return {}
+
+    def use_training_origin(self, train_set: str | None, protocol: str | None) -> None:
+        """Called before evaluation with what the current weights were trained on (the
+        training set's name and the protocol; None and "zeroshot" for untrained weights).
+        Methods whose inference treats classes named in training differently (EBSeg's
+        seen/unseen balancing) take their seen names from it; the default ignores it."""
 
     @property
     def display_name(self) -> str:

@@ -222,6 +222,9 @@ def evaluate_and_record(
     from ovbench.results.per_image import stage_counts
 
     version, host = code_version(), host_info()
+    use_training_origin = getattr(segmenter, "use_training_origin", None)
+    if callable(use_training_origin):
+        use_training_origin(fields.get("train_set"), fields.get("protocol"))
     results = []
     for dataset in datasets:
         result = evaluate_dataset(segmenter, dataset, batch_size=batch_size, device=device, progress=progress)

@@ -94,7 +94,7 @@ class TwoStageSegmenter(MaskClassificationSegmenter):
         """The CLIP-branch settings in force: the config's, with the current set's overrides."""
         return settings_for_eval_set(self.config.clip_branch, self.config.per_eval_set, self._eval_set)
 
-    def use_eval_set(self, name: str | None) -> dict[str, Any]:
+    def use_eval_set(self, name: str | None, vocabulary: Vocabulary | None = None) -> dict[str, Any]:
         self._eval_set = name
         return {"clip_branch": asdict(self.clip_settings())}
 

@@ -29,18 +29,13 @@ from typing import Any, Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ovbench_methods.common.clip import ClipImageEncoder, pad_to_multiple
+from ovbench_methods.common.clip import pad_to_multiple
 from ovbench_methods.common.mask_semantic import criterion_outputs, pad_instance_targets
+from ovbench_methods.common.recognition_clip import RecognitionClipModel
 from ovbench_methods.common.clip_cost_model import create_clip_and_tokenizer, resolve_template_list
-from ovbench_methods.common.open_vocab_classifier import BackgroundEmbedding, cosine_class_logits
+from ovbench_methods.common.open_vocab_classifier import cosine_class_logits
 from ovbench_methods.common.set_criterion import SetCriterion
-from ovbench_methods.common.text import (
-    ClassEmbeddingCache,
-    ClassNames,
-    ClipTextEncoder,
-    Tokenizer,
-    cached_class_embeddings,
-)
+from ovbench_methods.common.text import ClassNames, Tokenizer
 from ovbench_methods.san.config import SanConfig, SanConfigError
 from ovbench_methods.san.recognition import recognize
 from ovbench_methods.san.side_adapter import SideAdapter
@@ -74,19 +69,13 @@ class SanPrediction:
     extras: dict[str, Any] = field(default_factory=dict)
 
 
-def _clear_text_cache_after_load(module: "SanModel", incompatible_keys: Any) -> None:
-    # A module-level function rather than a lambda keeps the model picklable.
-    module.clear_text_cache()
-
-
-class SanModel(nn.Module):
+class SanModel(RecognitionClipModel):
     """SAN; see the module docstring. Inputs are RGB floats on 0..255 of any size."""
 
     def __init__(self, clip: nn.Module, tokenizer: Tokenizer, templates: Sequence[str], config: SanConfig) -> None:
         super().__init__()
         self.config = config
-        self.image_encoder = ClipImageEncoder(clip.visual)
-        self.text_encoder = ClipTextEncoder(clip)
+        self.init_clip(clip, tokenizer, templates, config.feature_last_layer)
         num_blocks = self.image_encoder.num_blocks
         if not 1 <= config.feature_last_layer < num_blocks:
             raise SanConfigError(
@@ -101,12 +90,6 @@ class SanModel(nn.Module):
             raise SanConfigError(
                 f"attn_bias_layers must be 1 or the number of recognition blocks {rec_blocks}, got {config.attn_bias_layers}"
             )
-        self.templates = tuple(templates)
-        self.tokenizer = tokenizer
-        self._text_cache = ClassEmbeddingCache()
-        # CLIP's temperature; frozen like the rest of CLIP (the official classifier holds it).
-        self.logit_scale = nn.Parameter(clip.logit_scale.detach().clone().reshape(()), requires_grad=False)
-        self.bg_embed = BackgroundEmbedding(self.image_encoder.output_dim)
         self.side_adapter = SideAdapter(
             clip_width=self.image_encoder.width,
             width=config.side_width,
@@ -127,52 +110,8 @@ class SanModel(nn.Module):
             rescale_attn_bias=config.rescale_attn_bias,
         )
         self.criterion = SetCriterion(config.criterion)
-        self._freeze_clip()
-        self.register_load_state_dict_post_hook(_clear_text_cache_after_load)
-
-    # ------------------------------------------------------------ parameters
-    def _freeze_clip(self) -> None:
-        """docs/methods/san.md#what-trains: the text side is frozen; of the image tower only
-        the parameters named by `clip_frozen_exclude` / `clip_deeper_frozen_exclude` train
-        (official default: the visual positional embedding alone)."""
-        for param in self.text_encoder.parameters():
-            param.requires_grad_(False)
-        for name, param in self.image_encoder.visual.named_parameters():
-            official_name, deeper = self.official_clip_parameter_name(name)
-            exclude = self.config.clip_deeper_frozen_exclude if deeper else self.config.clip_frozen_exclude
-            param.requires_grad_("all" in exclude or any(fragment in official_name for fragment in exclude))
-
-    def official_clip_parameter_name(self, name: str) -> tuple[str, bool]:
-        """A visual-tower parameter's name inside the official module that holds it, and
-        whether that module is the recognition head (`clip_rec_head`) rather than the
-        feature extractor (`clip_visual_extractor`)."""
-        prefix = "transformer.resblocks."
-        split = self.config.feature_last_layer
-        if name.startswith(prefix):
-            index, rest = name[len(prefix):].split(".", 1)
-            if int(index) < split:
-                return f"resblocks.{index}.{rest}", False
-            return f"resblocks.{int(index) - split}.{rest}", True
-        return name, name.startswith(("ln_post.", "proj"))
-
-    def train(self, mode: bool = True) -> "SanModel":
-        super().train(mode)
-        # The text side always runs as in evaluation (official: the classifier ignores train()).
-        self.text_encoder.eval()
-        return self
-
-    # ------------------------------------------------------------------ text
-    def clear_text_cache(self) -> None:
-        self._text_cache.clear()
-
-    def class_embeddings(self, classes: ClassNames) -> Tensor:
-        """(T, D) L2-normalised template-ensembled text embeddings, cached per vocabulary
-        (the text tower is frozen)."""
-        return cached_class_embeddings(self._text_cache, self.text_encoder, self.tokenizer, classes, self.templates)
-
-    def classifier_weights(self, classes: ClassNames) -> Tensor:
-        """(T + 1, D): the class embeddings and the learned background row, all L2-normalised."""
-        return self.bg_embed(self.class_embeddings(classes).to(self.bg_embed.embedding.device))
+        # docs/methods/san.md#what-trains (official default: the visual positional embedding alone).
+        self.freeze_clip(config.clip_frozen_exclude, config.clip_deeper_frozen_exclude)
 
     # ----------------------------------------------------------------- image
     def prepare_pixels(self, images: Tensor) -> Tensor:

@@ -92,7 +92,7 @@ def evaluate_dataset(
     confusion = ConfusionMatrix(len(dataset.class_names), dataset.ignore_index, device=device)
     segmenter.eval()
     use_eval_set = getattr(segmenter, "use_eval_set", None)
-    settings = dict(use_eval_set(dataset.name) or {}) if callable(use_eval_set) else {}
+    settings = dict(use_eval_set(dataset.name, vocabulary) or {}) if callable(use_eval_set) else {}
     task = progress.add_task(f"eval {dataset.name}", total=len(dataset), unit="img") if progress else None
     done = 0
     image_names: list[str] = []
