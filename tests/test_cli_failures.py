@@ -431,12 +431,19 @@ def test_table_keeps_unlike_runs_apart(tmp_path):
     assert by_iters["12"][header.index("n")] == "2" and by_iters["4"][header.index("n")] == "1"
 
 
-def test_sweep_dry_run_says_method_not_available(tmp_path):
+def test_sweep_dry_run_lists_every_table2_row_and_marks_a_missing_method(tmp_path):
     proc = ovbench(tmp_path, "sweep", "configs/experiments/table2.yaml", "--dry-run")
     assert proc.returncode == 0, proc.stderr
+    # all seven methods of Table 2 (with the RemoteCLIP variants) are registered
+    assert "dry run: 16 job(s) would run, 0 already done" in proc.stdout
+    assert "method not available" not in proc.stdout and "unknown method" not in proc.stdout
+    experiment = tmp_path / "mine.yaml"
+    experiment.write_text("jobs: [{method: clip-dense, protocol: zeroshot, benchmark: toyland},"
+                          " {method: nosuchmethod, protocol: scratch, benchmark: toyland}]\n")
+    proc = ovbench(tmp_path, "sweep", str(experiment), "--dry-run")
+    assert proc.returncode == 0, proc.stderr
     assert "method not available" in proc.stdout
-    assert "│ to run" in proc.stdout  # every method's jobs but EBSeg's are runnable
-    assert "dry run: 14 job(s) would run, 0 already done; 2 need a method that is not available: ebseg" in proc.stdout
+    assert "dry run: 1 job(s) would run, 0 already done; 1 need a method that is not available: nosuchmethod" in proc.stdout
 
 
 def test_progress_line_has_one_rate_one_eta_and_labels(tmp_path):
