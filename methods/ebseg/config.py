@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, get_args
 
 from ovbench_methods.common.errors import MethodConfigError, require_positive_ints
+from ovbench_methods.common.mask2former_settings import Mask2FormerSettings
 from ovbench_methods.common.sam_encoder import SamEncoderConfig
 from ovbench_methods.common.set_criterion import SetCriterionConfig
 
@@ -54,7 +55,7 @@ def _ebseg_criterion() -> SetCriterionConfig:
 
 
 @dataclass
-class EbsegConfig:
+class EbsegConfig(Mask2FormerSettings):
     """EBSeg. Types are checked by whoever builds the config from a file; `__post_init__`
     checks ranges and relations."""
 
@@ -94,19 +95,8 @@ class EbsegConfig:
     rec_all_predictions_at_inference: bool = True
 
     # -------------------------------------------------------------------- head
-    conv_dim: int = 256
-    mask_dim: int = 256
-    hidden_dim: int = 256
-    num_queries: int = 100
-    nheads: int = 8
-    dim_feedforward: int = 2048
-    #: masked-attention layers built: DEC_LAYERS 10 - 1 = 9 (10 predictions).
-    dec_layers: int = 9
-    pre_norm: bool = False
-    transformer_layers: int = 6
-    transformer_heads: int = 8
-    transformer_points: int = 4
-    transformer_ffn_dim: int = 1024
+    # (the shared Mask2Former settings, `Mask2FormerSettings`, come first in the field order:
+    # 256 wide, 100 queries, 9 masked-attention layers = DEC_LAYERS 10 - 1, 10 predictions)
     #: the A embedding's scale is clamped to at most this (init 1).
     embedding_scale_max: float = 10.0
     size_divisibility: int = 32
@@ -125,11 +115,8 @@ class EbsegConfig:
     ssc_affinity: SscAffinity = "first_vocabulary"
 
     def __post_init__(self) -> None:
-        require_positive_ints(self, ("conv_dim", "mask_dim", "hidden_dim", "num_queries", "nheads", "dim_feedforward",
-                                     "rec_first_layer", "attn_bias_heads", "transformer_layers", "transformer_heads",
-                                     "transformer_points", "transformer_ffn_dim"), EbsegConfigError)
-        if isinstance(self.dec_layers, bool) or not isinstance(self.dec_layers, int) or self.dec_layers < 0:
-            raise EbsegConfigError(f"dec_layers must be a non-negative integer, got {self.dec_layers!r}")
+        self.check_head_settings(EbsegConfigError)
+        require_positive_ints(self, ("rec_first_layer", "attn_bias_heads"), EbsegConfigError)
         if isinstance(self.sam, dict):
             self.sam = SamEncoderConfig(**self.sam)
         if isinstance(self.balancing, dict):

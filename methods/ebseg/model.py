@@ -49,7 +49,6 @@ from ovbench_methods.common.clip_cost_model import create_clip_and_tokenizer, re
 from ovbench_methods.common.mask_pooling import mask_pool
 from ovbench_methods.common.mask_semantic import criterion_outputs, pad_instance_targets
 from ovbench_methods.common.open_vocab_classifier import cosine_class_logits
-from ovbench_methods.common.pixel_decoder import MSDeformAttnPixelDecoder
 from ovbench_methods.common.sam_encoder import SamImageEncoder, load_sam_image_encoder
 from ovbench_methods.common.set_criterion import SetCriterion
 from ovbench_methods.common.text import ClassNames, Tokenizer
@@ -102,32 +101,17 @@ class _SemSegHead(nn.Module):
 
     def __init__(self, clip_width: int, sam_shapes: dict[str, tuple[int, int]], config: EbsegConfig, embed_dim: int) -> None:
         super().__init__()
-        self.pixel_decoder = MSDeformAttnPixelDecoder(
-            sam_shapes,
-            conv_dim=config.conv_dim,
-            mask_dim=config.mask_dim,
-            transformer_enc_layers=config.transformer_layers,
-            transformer_nheads=config.transformer_heads,
-            transformer_n_points=config.transformer_points,
-            transformer_dim_feedforward=config.transformer_ffn_dim,
-        )
+        self.pixel_decoder = config.deformable_pixel_decoder(sam_shapes)
         # The 1x1 convs keep torch's default initialisation, as the official ones do.
         self.clip_fusion_layers = nn.ModuleList(
             nn.Sequential(ChannelLayerNorm(clip_width), nn.Conv2d(clip_width, sam_shapes[level][0], kernel_size=1))
             for level in FUSED_LEVELS
         )
         self.predictor = AdaBDecoder(
-            config.conv_dim,
             embed_dim=embed_dim,
             attn_bias_heads=config.attn_bias_heads,
             embedding_scale_max=config.embedding_scale_max,
-            hidden_dim=config.hidden_dim,
-            num_queries=config.num_queries,
-            nheads=config.nheads,
-            dim_feedforward=config.dim_feedforward,
-            dec_layers=config.dec_layers,
-            pre_norm=config.pre_norm,
-            mask_dim=config.mask_dim,
+            **config.masked_attention_settings(),
         )
 
     def fuse(self, features: dict[str, Tensor], clip_maps: Sequence[Tensor]) -> dict[str, Tensor]:

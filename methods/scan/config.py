@@ -10,6 +10,7 @@ from typing import Any, Literal, get_args
 
 from ovbench_methods.common.backbones import SwinConfig
 from ovbench_methods.common.errors import MethodConfigError, require_positive_ints
+from ovbench_methods.common.mask2former_settings import Mask2FormerSettings
 from ovbench_methods.common.set_criterion import SetCriterionConfig
 from ovbench_methods.common.two_stage import ClipBranchSettings, check_per_eval_set
 from ovbench_methods.scan.calibration import ScanCalibrationConfig
@@ -55,7 +56,7 @@ def _mask2former_criterion() -> SetCriterionConfig:
 
 
 @dataclass
-class ScanConfig:
+class ScanConfig(Mask2FormerSettings):
     """SCAN. Types are checked by whoever builds the config from a file; `__post_init__`
     checks ranges and relations."""
 
@@ -78,22 +79,11 @@ class ScanConfig:
     context_resize: ContextResize = "nearest"
 
     # -------------------------------------------------------------------- head
-    conv_dim: int = 256
-    mask_dim: int = 256
-    hidden_dim: int = 256
-    num_queries: int = 100
-    nheads: int = 8
-    dim_feedforward: int = 2048
+    # (the shared Mask2Former settings, `Mask2FormerSettings`, come first in the field order)
     #: decoder layers actually built: the official 10 (DEC_LAYERS passed without the usual -1).
     dec_layers: int = 10
-    pre_norm: bool = False
     class_hidden_dim: int = 1024
     class_layers: int = 2
-    #: deformable pixel decoder: encoder layers, heads, points, FFN width.
-    transformer_layers: int = 6
-    transformer_heads: int = 8
-    transformer_points: int = 4
-    transformer_ffn_dim: int = 1024
     size_divisibility: int = 32
 
     # -------------------------------------------------------------- calibration
@@ -113,9 +103,8 @@ class ScanConfig:
     criterion: SetCriterionConfig = field(default_factory=_mask2former_criterion)
 
     def __post_init__(self) -> None:
-        require_positive_ints(self, ("conv_dim", "mask_dim", "hidden_dim", "num_queries", "nheads", "dim_feedforward",
-                                     "dec_layers", "class_hidden_dim", "class_layers", "transformer_layers",
-                                     "transformer_heads", "transformer_points", "transformer_ffn_dim"), ScanConfigError)
+        self.check_head_settings(ScanConfigError)
+        require_positive_ints(self, ("dec_layers", "class_hidden_dim", "class_layers"), ScanConfigError)
         if self.context_resize not in get_args(ContextResize):
             raise ScanConfigError(f"context_resize must be one of {list(get_args(ContextResize))}, got {self.context_resize!r}")
         if self.backbone_multiplier < 0:

@@ -42,7 +42,6 @@ from ovbench_methods.common.clip_loading import read_clip_checkpoint
 from ovbench_methods.common.crop_and_mask import MaskedCrops
 from ovbench_methods.common.errors import WeightsError
 from ovbench_methods.common.masked_clip import ClipContext, contextual_shift_image_embedding, full_image_context
-from ovbench_methods.common.pixel_decoder import MSDeformAttnPixelDecoder
 from ovbench_methods.common.query_decoder import MaskedAttentionDecoder
 from ovbench_methods.common.set_criterion import SetCriterion
 from ovbench_methods.common.text import ClassNames, Tokenizer
@@ -70,15 +69,7 @@ class ScanModel(TwoStageModel):
         super().__init__(config, SwinBackbone(config.swin))
         self.clip_pixels = _ClipPixels()
         shapes = self.backbone.output_shapes()
-        self.pixel_decoder = MSDeformAttnPixelDecoder(
-            shapes,
-            conv_dim=config.conv_dim,
-            mask_dim=config.mask_dim,
-            transformer_enc_layers=config.transformer_layers,
-            transformer_nheads=config.transformer_heads,
-            transformer_n_points=config.transformer_points,
-            transformer_dim_feedforward=config.transformer_ffn_dim,
-        )
+        self.pixel_decoder = config.deformable_pixel_decoder(shapes)
         # The original CLIP is a copy of the DataComp visual tower taken before any CS-CLIP
         # weights replace the crop branch's (the official adapter deep-copies it at build time).
         self.original_clip = ClipImageEncoder(copy.deepcopy(clip.visual))
@@ -88,14 +79,7 @@ class ScanModel(TwoStageModel):
         if embed_dim != config.calibration.scan_dim:
             raise ScanConfigError(f"scan_dim {config.calibration.scan_dim} must equal CLIP's embedding width {embed_dim}")
         self.predictor = MaskedAttentionDecoder(
-            in_channels=config.conv_dim,
-            hidden_dim=config.hidden_dim,
-            num_queries=config.num_queries,
-            nheads=config.nheads,
-            dim_feedforward=config.dim_feedforward,
-            dec_layers=config.dec_layers,
-            pre_norm=config.pre_norm,
-            mask_dim=config.mask_dim,
+            **config.masked_attention_settings(),
             class_embed_dim=config.calibration.scan_dim,
             class_hidden_dim=config.class_hidden_dim,
             class_layers=config.class_layers,
